@@ -1,0 +1,532 @@
+"""The ``dr`` command: the runbook's manual commands, fast, with no Prefect server needed.
+
+Exit codes: 0 success; 1 the operation failed (a backup, verification or restore did not
+succeed); 2 bad usage or configuration, or consent missing (nothing was changed); 130 interrupted.
+Errors are one line on stderr (``--debug`` adds the traceback). No password is ever printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from tasks.core import units
+from tasks.core.backup import backup_database
+from tasks.core.catalog import BackupEntry, Catalog, local_entry_from_path, utcnow
+from tasks.core.dburl import parse_database_url, redact
+from tasks.core.errors import ConfigError, ConsentRequired, DRError
+from tasks.core.restore import plan_restore, restore
+from tasks.core.storage import Storage
+from tasks.core.storage.local import LocalStorage
+from tasks.core.storage.s3 import S3Storage
+from tasks.core.verify import Status, verify_catalog
+
+app = typer.Typer(
+    name="dr",
+    help="Disaster recovery that runs: verified backups, safe restores, measured recovery.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+if not out.is_terminal:
+    out.width = 250  # pipes and logs get whole lines, not tables wrapped at 80 columns
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+# ---- shared options -------------------------------------------------------------------------
+
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="DATABASE_URL",
+        show_envvar=True,
+        help="postgresql://user@host:port/db or sqlite:///path/app.db",
+    ),
+]
+BackupDirOpt = Annotated[
+    Path,
+    typer.Option("--backup-dir", envvar="DR_BACKUP_DIR", help="Local backup directory."),
+]
+S3BucketOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--s3-bucket",
+        envvar="DR_S3_BUCKET",
+        help="S3 bucket (credentials, region, endpoint from the AWS chain).",
+    ),
+]
+S3PrefixOpt = Annotated[
+    str, typer.Option("--s3-prefix", help="Key prefix for backups in the bucket.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary for scripts.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+WorkDirOpt = Annotated[
+    Path | None,
+    typer.Option("--work-dir", help="Scratch space for restores (default: the system temp dir)."),
+]
+
+
+@contextlib.contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """Every failure becomes one line on stderr and a documented exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err.print("dr: interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (ConfigError, ConsentRequired) as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"dr: error: {redact(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except DRError as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"dr: error: {redact(str(exc))}")
+        raise typer.Exit(EXIT_FAILED) from None
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(
+            f"dr: unexpected error: {redact(f'{type(exc).__name__}: {exc}')} (rerun with "
+            "--debug for the traceback)"
+        )
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _locations(backup_dir: Path, s3_bucket: str | None, s3_prefix: str) -> list[Storage]:
+    locs: list[Storage] = [LocalStorage(backup_dir)]
+    if s3_bucket:
+        locs.append(S3Storage(s3_bucket, s3_prefix))
+    return locs
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal; nothing at all when stderr is not one."""
+    if not err.is_terminal:
+        yield None
+        return
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _parse_time(value: str, flag: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: cannot read {value!r} as a time; use ISO 8601 such as 2024-01-15T14:30:00Z"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)  # a time without zone is UTC
+
+
+# ---- dr backup ------------------------------------------------------------------------------
+
+
+@app.command()
+def backup(
+    database_url: DatabaseUrlOpt = None,
+    backup_dir: BackupDirOpt = Path("backups"),
+    s3_bucket: S3BucketOpt = None,
+    s3_prefix: S3PrefixOpt = "database-backups",
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            "--retention-days",
+            min=1,
+            help="Delete backups older than N days (never the newest good one).",
+        ),
+    ] = None,
+    verify_only: Annotated[
+        bool, typer.Option("--verify-only", help="Verify existing backups; take none.")
+    ] = False,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="With --verify-only: only the newest per database.")
+    ] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Take a verified backup of DATABASE_URL (or, with --verify-only, check existing ones)."""
+    with _errors(debug):
+        catalog = Catalog(_locations(backup_dir, s3_bucket, s3_prefix))
+        if verify_only:
+            _verify(catalog, latest=latest, as_json=as_json, work_dir=work_dir)
+            return
+        if latest:
+            raise ConfigError("--latest goes with --verify-only (or with dr restore)")
+        if not database_url:
+            raise ConfigError("no database: give --database-url or set DATABASE_URL")
+        url = parse_database_url(database_url)
+        with _progress(f"backup {url.dbname}") as progress:
+            result = backup_database(
+                url, catalog, progress=progress, retention_days=retention_days, work_dir=work_dir
+            )
+        m = result.manifest
+        deleted = [d for d in result.retention if not d.keep]
+        if as_json:
+            _emit_json(
+                {
+                    "backup_id": m.backup_id,
+                    "database": m.database,
+                    "engine": m.engine,
+                    "size": m.size,
+                    "sha256": m.artefacts[0].sha256,
+                    "tables": len(m.counts),
+                    "rows": sum(m.counts.values()),
+                    "consistent_at": m.consistent_at.isoformat(),
+                    "duration_s": round(result.duration_s, 3),
+                    "locations": result.committed,
+                    "failed": result.failed,
+                    "swept": result.swept,
+                    "retention_deleted": [d.backup_id for d in deleted],
+                }
+            )
+        else:
+            out.print(
+                f"backup {m.backup_id}: {m.engine} database {m.database!r}, "
+                f"{len(m.counts)} tables, {sum(m.counts.values())} rows, "
+                f"{units.size(m.size)} in {result.duration_s:.1f}s"
+            )
+            for loc in result.committed:
+                out.print(f"  stored in {loc}")
+            for d in deleted:
+                out.print(f"  retention: deleted {d.backup_id} ({d.reason})")
+            for s in result.swept:
+                out.print(f"  swept leftovers of an unfinished backup: {s}")
+        for loc, why in result.failed.items():
+            err.print(f"dr: error: backup not stored in {loc}: {redact(why)}")
+        if not result.complete:
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _verify(catalog: Catalog, *, latest: bool, as_json: bool, work_dir: Path | None) -> None:
+    with _progress("verify") as progress:
+        report = verify_catalog(
+            catalog, now=utcnow(), latest=latest, work_dir=work_dir, progress=progress
+        )
+    if as_json:
+        _emit_json(
+            {
+                "ok": report.ok,
+                "results": [
+                    {
+                        "backup_id": r.backup_id,
+                        "location": r.location,
+                        "status": r.status.value,
+                        "detail": r.detail,
+                    }
+                    for r in report.results
+                ],
+            }
+        )
+    elif not report.results:
+        err.print(
+            "dr: error: no backups to verify in " + ", ".join(loc.url for loc in catalog.locations)
+        )
+    else:
+        table = Table("BACKUP", "LOCATION", "STATUS", "DETAIL", box=None, pad_edge=False)
+        for r in report.results:
+            style = "green" if r.status is Status.OK else "bold red"
+            table.add_row(r.backup_id, r.location, f"[{style}]{r.status.value}[/]", r.detail)
+        out.print(table)
+        bad = sum(r.status is not Status.OK for r in report.results)
+        out.print(f"{len(report.results) - bad} ok, {bad} failed")
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ---- dr restore -----------------------------------------------------------------------------
+
+
+@app.command("restore")
+def restore_cmd(
+    database_url: DatabaseUrlOpt = None,
+    list_: Annotated[bool, typer.Option("--list", help="List backups, newest first.")] = False,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="Restore the newest good backup.")
+    ] = False,
+    backup_id: Annotated[
+        str | None, typer.Option("--backup-id", help="Restore this backup (id or unique prefix).")
+    ] = None,
+    backup_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--backup-file", help="Restore the backup this artefact or manifest file belongs to."
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before", help="Restore the newest good backup taken before this UTC time (ISO 8601)."
+        ),
+    ] = None,
+    source_database: Annotated[
+        str | None,
+        typer.Option(
+            "--source-database",
+            help="Which database's backups to choose from (default: the target's name, or the only one).",
+        ),
+    ] = None,
+    drop_existing: Annotated[
+        bool,
+        typer.Option(
+            "--drop-existing",
+            help="Drop the replaced database after the switch instead of keeping it.",
+        ),
+    ] = False,
+    confirm: Annotated[
+        bool,
+        typer.Option(
+            "--confirm", help="Really do it; without it, print the plan and change nothing."
+        ),
+    ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", min=1, help="Parallel pg_restore jobs (default: CPU count)."),
+    ] = None,
+    backup_dir: BackupDirOpt = Path("backups"),
+    s3_bucket: S3BucketOpt = None,
+    s3_prefix: S3PrefixOpt = "database-backups",
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+    work_dir: WorkDirOpt = None,
+) -> None:
+    """Restore a backup safely (side copy, verify, switch), or --list the backups."""
+    with _errors(debug):
+        locations = _locations(backup_dir, s3_bucket, s3_prefix)
+        if list_:
+            _list(Catalog(locations), source_database, as_json)
+            return
+        chosen = [
+            n
+            for n, v in (
+                ("--latest", latest),
+                ("--backup-id", backup_id),
+                ("--backup-file", backup_file),
+                ("--before", before),
+            )
+            if v
+        ]
+        if len(chosen) != 1:
+            raise ConfigError(
+                "choose exactly one backup: --latest, --backup-id, --backup-file "
+                f"or --before (got {', '.join(chosen) or 'none'})"
+            )
+        if not database_url:
+            raise ConfigError("no target: give --database-url or set DATABASE_URL")
+        target = parse_database_url(database_url)
+        now = utcnow()
+        if backup_file is not None:
+            root, backup_id = local_entry_from_path(backup_file)
+            locations = [LocalStorage(root), *locations[1:]]
+        catalog = Catalog(locations)
+        entry = _select(catalog, target.dbname, source_database, backup_id, before, now)
+        plan = plan_restore(target, entry, drop_existing=drop_existing, now=now)
+        if not confirm:
+            out.print("restore plan (nothing changed):")
+            for line in plan.describe():
+                out.print(f"  {line}")
+            raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
+        with _progress(f"fetch {entry.backup_id}", total=entry.manifest.size) as progress:
+            result = restore(plan, confirm=True, jobs=jobs, work_dir=work_dir, progress=progress)
+        if as_json:
+            _emit_json(
+                {
+                    "backup_id": entry.backup_id,
+                    "target": str(target),
+                    "source": result.source,
+                    "duration_s": round(result.duration_s, 3),
+                    "kept_as": result.kept_as,
+                    "roles_created": result.roles_created,
+                    "skipped_locations": result.skipped_locations,
+                    "counts": [
+                        {"table": c.table, "expected": c.expected, "actual": c.actual}
+                        for c in result.counts
+                    ],
+                }
+            )
+            return
+        for url, why in result.skipped_locations.items():
+            err.print(f"dr: warning: copy in {url} not used: {why}")
+        out.print(
+            f"restored {entry.backup_id} into {target} from {result.source} "
+            f"in {result.duration_s:.1f}s"
+        )
+        out.print(
+            f"  verified: {len(result.counts)} tables, "
+            f"{sum(c.expected for c in result.counts)} rows match the manifest"
+        )
+        if result.roles_created:
+            out.print(f"  roles created (no password set): {', '.join(result.roles_created)}")
+        if result.kept_as:
+            out.print(f"  previous database kept as {result.kept_as}")
+        elif plan.target_exists:
+            out.print("  previous database dropped (--drop-existing)")
+
+
+def _select(
+    catalog: Catalog,
+    target_db: str,
+    source_db: str | None,
+    backup_id: str | None,
+    before: str | None,
+    now: datetime,
+) -> BackupEntry:
+    if backup_id:
+        return catalog.get(backup_id)
+    before_t = _parse_time(before, "--before") if before else None
+    if before_t is not None and before_t > now:
+        raise ConfigError(f"--before {before} is in the future; give a past time or use --latest")
+    database = source_db
+    if database is None:
+        names = {e.manifest.database for e in catalog.list().backups}
+        database = target_db if target_db in names or len(names) != 1 else None
+    return catalog.select(database=database, before=before_t)
+
+
+def _list(catalog: Catalog, database: str | None, as_json: bool) -> None:
+    listing = catalog.list(database)
+    now = utcnow()
+    for p in listing.problems:
+        err.print(f"dr: warning: {p}")
+    if as_json:
+        _emit_json(
+            [
+                {
+                    "backup_id": e.backup_id,
+                    "database": e.manifest.database,
+                    "engine": e.manifest.engine,
+                    "kind": e.manifest.kind,
+                    "taken_at": e.manifest.consistent_at.isoformat(),
+                    "age_s": round((now - e.manifest.consistent_at).total_seconds()),
+                    "size": e.manifest.size,
+                    "locations": e.location_names(),
+                    "verified": None
+                    if e.last_verification is None
+                    else {"at": e.last_verification.at.isoformat(), "ok": e.last_verification.ok},
+                }
+                for e in listing.backups
+            ]
+        )
+        return
+    if not listing.backups:
+        out.print("no backups in " + ", ".join(loc.url for loc in catalog.locations))
+        return
+    table = Table(
+        "ID",
+        "DATABASE",
+        "ENGINE",
+        "TAKEN (UTC)",
+        "AGE",
+        "SIZE",
+        "LOCATIONS",
+        "VERIFIED",
+        box=None,
+        pad_edge=False,
+    )
+    for e in listing.backups:
+        v = e.last_verification
+        verified = "-" if v is None else ("ok " if v.ok else "FAILED ") + units.utc(v.at)
+        table.add_row(
+            e.backup_id,
+            e.manifest.database,
+            e.manifest.engine,
+            units.utc(e.manifest.consistent_at),
+            units.age((now - e.manifest.consistent_at).total_seconds()),
+            units.size(e.manifest.size),
+            ",".join(e.location_names()),
+            verified,
+        )
+    out.print(table)
+
+
+# ---- dr demo --------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option("--dir", help="Where the demo app database lives.")
+    ] = Path("dr-demo"),
+    backup_dir: BackupDirOpt = Path("backups"),
+    debug: DebugOpt = False,
+) -> None:
+    """Round trip on embedded defaults: sample SQLite app DB -> backup -> verify -> restore."""
+    with _errors(debug):
+        from tasks.core.sampledata import create_sqlite_app_db
+
+        source = workdir.resolve() / "app.db"
+        copy = workdir.resolve() / "app-restored.db"
+        counts = create_sqlite_app_db(source)
+        out.print(
+            f"1. created the sample app database {source}: "
+            + ", ".join(f"{t} {n}" for t, n in counts.items())
+        )
+        catalog = Catalog([LocalStorage(backup_dir)])
+        result = backup_database(parse_database_url(f"sqlite:///{source}"), catalog)
+        m = result.manifest
+        out.print(
+            f"2. backed it up as {m.backup_id} ({units.size(m.size)}) in {result.committed[0]}"
+        )
+        report = verify_catalog(catalog, now=utcnow(), latest=True)
+        mine = [r for r in report.results if r.backup_id == m.backup_id]
+        out.print(f"3. verified: {mine[0].status.value} ({mine[0].detail})")
+        entry = catalog.get(m.backup_id)
+        plan = plan_restore(parse_database_url(f"sqlite:///{copy}"), entry, drop_existing=True)
+        restored = restore(plan, confirm=True)
+        out.print(f"4. restored it into {copy} in {restored.duration_s:.2f}s")
+        table = Table("TABLE", "SOURCE", "RESTORED", "MATCH", box=None, pad_edge=False)
+        for c in restored.counts:
+            table.add_row(
+                c.table,
+                str(counts.get(c.table, c.expected)),
+                str(c.actual),
+                "yes" if c.ok and counts.get(c.table) == c.actual else "NO",
+            )
+        out.print(table)
+        if not all(r.status is Status.OK for r in mine) or not all(
+            counts.get(c.table) == c.actual for c in restored.counts
+        ):
+            raise typer.Exit(EXIT_FAILED)
+        out.print("round trip OK: list the backups with `dr restore --list`")
+
+
+def main() -> None:
+    app()

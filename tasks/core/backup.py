@@ -1,0 +1,158 @@
+"""Taking a backup: dump -> compress/hash/fan out -> manifest (the commit point) -> housekeeping.
+
+backup_database()
+  1. dump the database, streaming: pg_dump -Fc (or SQLite's backup API) -> zstd -> sha256 ->
+     every location at once (no second full copy on disk)
+  2. write manifest.json in every location that received all artefacts   <- commit point
+  3. sweep leftovers of crashed runs (only those quiet for longer than the grace period)
+  4. apply the retention policy, if one was given
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from tasks.core import retention
+from tasks.core.artefacts import ArtefactWriter
+from tasks.core.catalog import DEFAULT_SWEEP_GRACE, Catalog, utcnow
+from tasks.core.dburl import DatabaseURL
+from tasks.core.engines import sqlite
+from tasks.core.engines.postgres import PostgresEngine
+from tasks.core.errors import DRError, PermanentError
+from tasks.core.manifest import MANIFEST, Manifest, new_backup_id
+from tasks.core.storage import CHUNK
+from tasks.core.version import VERSION
+
+__all__ = ["BackupResult", "backup_database"]
+
+PG_ARTEFACT = "database.pgdump.zst"
+SQLITE_ARTEFACT = "database.sqlite.zst"
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    manifest: Manifest
+    committed: list[str]  # location urls holding the committed backup
+    failed: dict[str, str]  # location url -> why it does not hold it
+    swept: list[str] = field(default_factory=list)
+    retention: list[retention.Decision] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+def backup_database(
+    url: DatabaseURL,
+    catalog: Catalog,
+    *,
+    progress: Callable[[int], None] | None = None,
+    retention_days: int | None = None,
+    labels: dict[str, str] | None = None,
+    now: Callable[[], datetime] = utcnow,
+    sweep_grace: timedelta = DEFAULT_SWEEP_GRACE,
+    work_dir: Path | None = None,
+) -> BackupResult:
+    """Back up ``url`` to every location of ``catalog``.
+
+    Succeeds if at least one location committed the backup (``failed`` says which did not);
+    raises if none did. A crash at any point leaves no manifest, hence no backup."""
+    t0 = time.monotonic()
+    started = now()
+    backup_id = new_backup_id(url.dbname, started)
+    if url.engine == "postgresql":
+        writer = ArtefactWriter(
+            catalog.locations, f"{backup_id}/{PG_ARTEFACT}", fmt="pg_dump-custom"
+        )
+        try:
+            info = PostgresEngine(url).dump(writer.write, progress)
+            art = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        manifest = Manifest(
+            backup_id=backup_id,
+            engine="postgresql",
+            database=url.dbname,
+            source=str(url),
+            server_version=info.server_version,
+            tool_version=VERSION,
+            dump_tool=info.dump_tool,
+            started_at=started,
+            consistent_at=info.consistent_at,
+            finished_at=now(),
+            artefacts=(art,),
+            counts=info.counts,
+            large_objects=info.large_objects,
+            roles=info.roles,
+            database_properties=info.properties,
+            labels=labels or {},
+        )
+    else:
+        assert url.path is not None
+        with tempfile.TemporaryDirectory(prefix="dr-sqlite-", dir=work_dir) as tmp:
+            copy = Path(tmp) / "copy.db"
+            version = sqlite.online_copy(url.path, copy)
+            consistent_at = now()
+            counts = sqlite.count_rows(copy)
+            writer = ArtefactWriter(
+                catalog.locations, f"{backup_id}/{SQLITE_ARTEFACT}", fmt="sqlite"
+            )
+            try:
+                with open(copy, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        writer.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+                art = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+        manifest = Manifest(
+            backup_id=backup_id,
+            engine="sqlite",
+            database=url.dbname,
+            source=str(url),
+            server_version=version,
+            tool_version=VERSION,
+            dump_tool=f"sqlite3 backup API {version}",
+            started_at=started,
+            consistent_at=consistent_at,
+            finished_at=now(),
+            artefacts=(art,),
+            counts=counts,
+            labels=labels or {},
+        )
+
+    failed = {f.location: str(f.error) for f in writer.failures}
+    committed: list[str] = []
+    body = manifest.to_bytes()
+    for loc in writer.live_locations:
+        try:
+            loc.put(f"{backup_id}/{MANIFEST}", body)
+            committed.append(loc.url)
+        except DRError as exc:
+            failed[loc.url] = str(exc)
+    if not committed:
+        raise PermanentError(
+            f"backup {backup_id} could not be committed anywhere: "
+            + "; ".join(f"{k}: {v}" for k, v in failed.items())
+        )
+
+    swept = catalog.sweep(now(), sweep_grace)
+    decisions: list[retention.Decision] = []
+    if retention_days is not None:
+        listing = catalog.list()
+        decisions = retention.plan(
+            retention.candidates(listing.backups),
+            retention.AgePolicy(timedelta(days=retention_days)),
+            now(),
+        )
+        retention.apply(catalog, listing.backups, decisions)
+    return BackupResult(manifest, committed, failed, swept, decisions, time.monotonic() - t0)

@@ -1,0 +1,138 @@
+"""The manifest: what one backup is, and its commit point.
+
+A backup is a folder ``<backup-id>/`` of artefacts plus ``manifest.json``. The manifest is written
+last (a backup without one does not exist) and deleted first. It carries its own sha256 over its
+canonical JSON, so one flipped byte anywhere in it is detected, like in every artefact.
+Format documented in docs/backup-format.md; ``format_version`` changes only on incompatible edits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.core.errors import IntegrityError
+
+__all__ = ["MANIFEST", "Artefact", "DatabaseProperties", "Manifest", "Role", "new_backup_id"]
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_SLUG = re.compile(r"[^a-z0-9]+")
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}-\d{8}T\d{6}Z-[0-9a-f]{4}$")
+
+
+def new_backup_id(database: str, at: datetime) -> str:
+    """``<database-slug>-<UTC yyyymmddThhmmssZ>-<4 hex>``: sortable, unique, safe as a key."""
+    slug = _SLUG.sub("-", database.lower()).strip("-")[:40] or "db"
+    return f"{slug}-{at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Artefact(_Frozen):
+    """One stored file of a backup, exactly as stored (sizes and hash of the stored bytes)."""
+
+    key: str  # relative to the location root: <backup-id>/<name>
+    format: Literal["pg_dump-custom", "sqlite"]
+    compression: Literal["zstd", "none"]
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    raw_size: int = Field(ge=0)  # size before compression
+
+
+class Role(_Frozen):
+    """A role the database's objects reference; recreated (without password) when missing."""
+
+    name: str
+    superuser: bool = False
+    inherit: bool = True
+    createrole: bool = False
+    createdb: bool = False
+    login: bool = False
+    replication: bool = False
+    bypassrls: bool = False
+    connection_limit: int = -1
+    member_of: tuple[tuple[str, bool], ...] = ()  # (role, admin option)
+
+
+class DatabaseProperties(_Frozen):
+    """What CREATE DATABASE needs to recreate the database as it was (pg_dump -Fc omits it)."""
+
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    settings: tuple[str, ...] = ()  # "name=value", as pg_db_role_setting stores them
+    privileges: tuple[tuple[str, str], ...] | None = None  # (grantee or PUBLIC, privilege)
+
+
+class Manifest(_Frozen):
+    format_version: int = FORMAT_VERSION
+    backup_id: str
+    kind: Literal["logical"] = "logical"
+    engine: Literal["postgresql", "sqlite"]
+    database: str
+    source: str  # redacted URL
+    server_version: str
+    tool_version: str
+    dump_tool: str
+    started_at: datetime
+    consistent_at: datetime  # the recovery point: data is as of this instant
+    finished_at: datetime
+    artefacts: tuple[Artefact, ...]
+    counts: dict[str, int]  # exact rows per table, "schema"."table" -> n, same snapshot as the dump
+    large_objects: int = 0
+    roles: tuple[Role, ...] = ()
+    database_properties: DatabaseProperties | None = None
+    labels: dict[str, str] = Field(default_factory=dict)  # free-form: tier, trigger, ...
+
+    @property
+    def size(self) -> int:
+        return sum(a.size for a in self.artefacts)
+
+    def artefact(self, fmt: str) -> Artefact:
+        for a in self.artefacts:
+            if a.format == fmt:
+                return a
+        raise IntegrityError(f"backup {self.backup_id} has no {fmt} artefact")
+
+    def to_bytes(self) -> bytes:
+        body = self.model_dump(mode="json")
+        body["checksum"] = hashlib.sha256(_canonical(body)).hexdigest()
+        return _canonical(body)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, where: str = "manifest") -> Manifest:
+        """Parse and check a stored manifest; raises IntegrityError if it was altered."""
+        try:
+            body: dict[str, Any] = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{where}: not valid JSON (corrupted?)") from exc
+        if not isinstance(body, dict) or _canonical(body) != raw:
+            raise IntegrityError(f"{where}: not in canonical form (altered after writing)")
+        stated = body.pop("checksum", None)
+        if stated != hashlib.sha256(_canonical(body)).hexdigest():
+            raise IntegrityError(f"{where}: checksum mismatch (altered after writing)")
+        if body.get("format_version") != FORMAT_VERSION:
+            raise IntegrityError(
+                f"{where}: format version {body.get('format_version')!r} is not "
+                f"supported by this version (expects {FORMAT_VERSION})"
+            )
+        try:
+            return cls.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise IntegrityError(f"{where}: invalid field {loc}: {first['msg']}") from exc
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return (json.dumps(body, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()

@@ -1,0 +1,211 @@
+"""Restoring a backup, safely.
+
+plan_restore()  resolve the target and what would change; pure, no side effects
+restore()       with consent only:
+  1. fetch the artefact: local copy if its checksum holds, else the next location (S3),
+     decompressed into the work dir; nothing is restored from bytes that did not check out
+  2. recreate missing roles, restore into a new side database (SQLite: a side file)
+  3. verify exact row counts against the manifest; on mismatch drop the side copy, stop
+  4. switch the side copy into place in one step; keep the previous database as
+     <name>_pre_restore_<id>, or drop it after the switch with drop_existing
+Any failure before step 4 leaves the current database untouched and removes the side copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from tasks.core.artefacts import fetch_artefact
+from tasks.core.catalog import BackupEntry, utcnow
+from tasks.core.dburl import DatabaseURL
+from tasks.core.engines import sqlite
+from tasks.core.engines.postgres import PostgresEngine
+from tasks.core.errors import ConfigError, ConsentRequired, IntegrityError, VerificationFailed
+from tasks.core.units import age, size, utc
+
+__all__ = ["CountCheck", "RestorePlan", "RestoreResult", "plan_restore", "restore"]
+
+
+@dataclass(frozen=True)
+class CountCheck:
+    table: str
+    expected: int
+    actual: int | None  # None: the table is missing
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.actual
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    entry: BackupEntry
+    target: DatabaseURL
+    target_exists: bool
+    side: str  # side database name (PostgreSQL) or side file path (SQLite)
+    keep_as: str  # where the current database goes at the switch
+    drop_existing: bool
+    age_s: float
+
+    def describe(self) -> list[str]:
+        m = self.entry.manifest
+        lines = [
+            f"backup:   {m.backup_id} ({m.engine}, database {m.database!r}, taken "
+            f"{utc(m.consistent_at)}, {age(self.age_s)} old, "
+            f"{size(m.size)}, in {', '.join(self.entry.location_names())})",
+            f"target:   {self.target}",
+            f"restore:  into side copy {self.side}, verify {len(m.counts)} table counts, "
+            "then switch it into place",
+        ]
+        if self.target_exists:
+            fate = (
+                "dropped after the switch (--drop-existing)"
+                if self.drop_existing
+                else f"kept as {self.keep_as}"
+            )
+            lines.append(f"replaces: the current {self.target.dbname} -> {fate}")
+        else:
+            lines.append(f"creates:  {self.target.dbname} (it does not exist yet)")
+        return lines
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    plan: RestorePlan
+    source: str  # location url the bytes came from
+    counts: list[CountCheck]
+    roles_created: list[str]
+    kept_as: str | None
+    duration_s: float
+    skipped_locations: dict[str, str] = field(default_factory=dict)  # url -> why not used
+
+
+def plan_restore(
+    target: DatabaseURL, entry: BackupEntry, *, drop_existing: bool, now: datetime | None = None
+) -> RestorePlan:
+    m = entry.manifest
+    if m.engine != target.engine:
+        raise ConfigError(
+            f"backup {m.backup_id} is a {m.engine} backup; the target is "
+            f"{target.engine}: give a {m.engine} --database-url"
+        )
+    short = m.backup_id.rsplit("-", 1)[-1]
+    age = ((now or utcnow()) - m.consistent_at).total_seconds()
+    if target.engine == "postgresql":
+        eng = PostgresEngine(target)
+        return RestorePlan(
+            entry,
+            target,
+            eng.database_exists(target.dbname),
+            eng.side_name(m.backup_id),
+            eng.kept_name(m.backup_id),
+            drop_existing,
+            age,
+        )
+    assert target.path is not None
+    side = target.path.with_name(f".{target.path.name}.restore-{short}")
+    keep = target.path.with_name(f"{target.path.name}.pre_restore_{short}")
+    return RestorePlan(
+        entry, target, target.path.exists(), str(side), str(keep), drop_existing, age
+    )
+
+
+def _fetch(
+    plan: RestorePlan, dest: Path, progress: Callable[[int], None] | None
+) -> tuple[str, dict[str, str]]:
+    """Fetch the main artefact from the first location whose copy checks out."""
+    m = plan.entry.manifest
+    art = m.artefacts[0]
+    skipped: dict[str, str] = {}
+    for loc in plan.entry.locations:
+        try:
+            fetch_artefact(loc, art, dest, progress)
+            return loc.url, skipped
+        except (IntegrityError, FileNotFoundError) as exc:
+            skipped[loc.url] = str(exc)
+    raise IntegrityError(f"no intact copy of backup {m.backup_id}: " + "; ".join(skipped.values()))
+
+
+def restore(
+    plan: RestorePlan,
+    *,
+    confirm: bool,
+    jobs: int | None = None,
+    work_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreResult:
+    """Carry out ``plan``; without ``confirm`` raise ConsentRequired and change nothing."""
+    if not confirm:
+        raise ConsentRequired("restore not confirmed: add --confirm to do it (nothing changed)")
+    t0 = time.monotonic()
+    m = plan.entry.manifest
+    if plan.target.engine == "sqlite":
+        return _restore_sqlite(plan, progress, t0)
+    eng = PostgresEngine(plan.target)
+    tmp = Path(tempfile.mkdtemp(prefix="dr-restore-", dir=work_dir))
+    try:
+        source, skipped = _fetch(plan, tmp / "archive.pgdump", progress)
+        roles = eng.ensure_roles(m.roles)
+        switched = False
+        try:
+            eng.create_side(plan.side, m.database_properties)
+            eng.pg_restore(tmp / "archive.pgdump", plan.side, jobs or os.cpu_count() or 1)
+            checks = [CountCheck(t, e, a) for t, (e, a) in eng.verify_side(plan.side, m).items()]
+            _require_counts(checks, plan.side)
+            eng.switch(plan.side, plan.keep_as if plan.target_exists else None)
+            switched = True
+        finally:
+            if not switched:
+                eng.drop_database(plan.side)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kept: str | None = plan.keep_as if plan.target_exists else None
+    if kept and plan.drop_existing:
+        eng.drop_database(kept)
+        kept = None
+    return RestoreResult(plan, source, checks, roles, kept, time.monotonic() - t0, skipped)
+
+
+def _restore_sqlite(
+    plan: RestorePlan, progress: Callable[[int], None] | None, t0: float
+) -> RestoreResult:
+    m = plan.entry.manifest
+    side = Path(plan.side)
+    assert plan.target.path is not None
+    plan.target.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        source, skipped = _fetch(plan, side, progress)
+        sqlite.integrity_check(side)
+        actual = sqlite.count_rows(side)
+        checks = [CountCheck(t, n, actual.get(t)) for t, n in m.counts.items()]
+        checks += [CountCheck(t, 0, actual[t]) for t in sorted(set(actual) - set(m.counts))]
+        _require_counts(checks, str(side))
+        keep = Path(plan.keep_as)
+        sqlite.swap_in(side, plan.target.path, keep)
+    finally:
+        sqlite.remove_with_side_files(side)
+    kept: str | None = plan.keep_as if plan.target_exists else None
+    if kept and plan.drop_existing:
+        sqlite.remove_with_side_files(keep)
+        kept = None
+    return RestoreResult(plan, source, checks, [], kept, time.monotonic() - t0, skipped)
+
+
+def _require_counts(checks: list[CountCheck], where: str) -> None:
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        first = ", ".join(
+            f"{c.table}: expected {c.expected}, got {'missing' if c.actual is None else c.actual}"
+            for c in bad[:3]
+        )
+        raise VerificationFailed(
+            f"restored copy {where} does not match the manifest "
+            f"({len(bad)} table(s): {first}); current database untouched"
+        )

@@ -1,0 +1,282 @@
+"""An S3 bucket (or any S3-compatible store) as a backup location.
+
+Credentials, region and endpoint come only from boto3's default chain (environment, profile,
+instance role); ``AWS_ENDPOINT_URL`` points it at an S3-compatible store. Large objects are
+written by multipart upload from a stream: parts are uploaded by a background thread while the
+caller produces the next one, with at most ``_QUEUE_PARTS`` parts buffered (memory stays bounded
+whatever the backup size). Nothing is visible under the key until ``commit`` completes the upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+from datetime import UTC
+from typing import Any
+
+import boto3
+import botocore.exceptions as bexc
+from botocore.config import Config
+
+from tasks.core.errors import ConfigError, PermanentError, TransientError
+from tasks.core.storage import CHUNK, ObjectInfo
+
+__all__ = ["S3Storage"]
+
+PART_SIZE = 16 * CHUNK  # S3 needs >= 5 MiB per part; 16 MiB x 10,000 parts = 160 GiB per object
+_QUEUE_PARTS = 2
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "503",
+    "500",
+    "502",
+    "504",
+}
+_DENIED_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "403",
+    "ExpiredToken",
+    "InvalidToken",
+}
+
+
+@contextlib.contextmanager
+def s3_errors(what: str, bucket: str) -> Iterator[None]:
+    """Translate botocore exceptions into the project's error tree (the only place that does)."""
+    try:
+        yield
+    except bexc.NoCredentialsError as exc:
+        raise ConfigError(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
+        ) from exc
+    except (
+        bexc.EndpointConnectionError,
+        bexc.ConnectionClosedError,
+        bexc.ReadTimeoutError,
+        bexc.ConnectTimeoutError,
+        bexc.ResponseStreamingError,
+    ) as exc:
+        raise TransientError(f"S3 unreachable while trying to {what}: {exc}") from exc
+    except bexc.ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(f"s3://{bucket}: {what}: not found") from exc
+        if code == "NoSuchBucket":
+            raise ConfigError(
+                f"S3 bucket {bucket!r} does not exist: create it or fix --s3-bucket"
+            ) from exc
+        if code in _DENIED_CODES:
+            raise ConfigError(
+                f"S3 denied access to bucket {bucket!r} ({code}) while trying to "
+                f"{what}: check the AWS credentials and the bucket policy"
+            ) from exc
+        if code in _TRANSIENT_CODES:
+            raise TransientError(f"S3 error {code} while trying to {what}") from exc
+        raise PermanentError(
+            f"S3 error {code} while trying to {what}: {err.get('Message', '')}"
+        ) from exc
+    except bexc.BotoCoreError as exc:
+        raise TransientError(f"S3 failure while trying to {what}: {exc}") from exc
+
+
+class _MultipartWriter:
+    """Buffers PART_SIZE bytes, hands full parts to an uploader thread, completes at commit."""
+
+    def __init__(self, store: S3Storage, key: str) -> None:
+        self._store, self._key = store, key
+        self._full_key = store.full_key(key)
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._next_part = 0
+        self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=_QUEUE_PARTS)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._done = False
+
+    def _start(self) -> None:
+        with s3_errors(f"start upload of {self._key}", self._store.bucket):
+            resp = self._store.client.create_multipart_upload(
+                Bucket=self._store.bucket, Key=self._full_key
+            )
+        self._upload_id = resp["UploadId"]
+        self._thread = threading.Thread(
+            target=self._upload_loop, daemon=True, name=f"s3-upload-{self._key}"
+        )
+        self._thread.start()
+
+    def _upload_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: the writer will raise the first error
+            number, body = item
+            try:
+                with s3_errors(f"upload part {number} of {self._key}", self._store.bucket):
+                    resp = self._store.client.upload_part(
+                        Bucket=self._store.bucket,
+                        Key=self._full_key,
+                        UploadId=self._upload_id,
+                        PartNumber=number,
+                        Body=body,
+                    )
+                self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            except BaseException as exc:  # handed to the writing thread, raised there
+                self._error = exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _send(self, body: bytes) -> None:
+        if self._upload_id is None:
+            self._start()
+        self._raise_if_failed()
+        self._next_part += 1
+        self._queue.put((self._next_part, body))
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= PART_SIZE:
+            body = bytes(self._buf)
+            self._buf.clear()
+            self._send(body)
+
+    def commit(self) -> ObjectInfo:
+        bucket = self._store.bucket
+        if self._upload_id is None:  # small object: one PUT
+            self._done = True
+            return self._store.put(self._key, bytes(self._buf))
+        if self._buf:
+            self._send(bytes(self._buf))
+            self._buf.clear()
+        self._queue.put(None)
+        assert self._thread is not None
+        self._thread.join()
+        try:
+            self._raise_if_failed()
+            parts = sorted(self._parts, key=lambda p: p["PartNumber"])
+            with s3_errors(f"complete upload of {self._key}", bucket):
+                self._store.client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self._full_key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        info = self._store.stat(self._key)
+        if info is None:
+            raise PermanentError(f"S3 lost {self._key} right after the upload completed")
+        return info
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._thread is not None and self._thread.is_alive():
+            self._error = self._error or RuntimeError("aborted")
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+        if self._upload_id is not None:
+            with contextlib.suppress(Exception):  # best effort: the sweeper aborts stale uploads
+                self._store.client.abort_multipart_upload(
+                    Bucket=self._store.bucket, Key=self._full_key, UploadId=self._upload_id
+                )
+
+
+class S3Storage:
+    name = "s3"
+
+    def __init__(
+        self, bucket: str, prefix: str = "database-backups", client: Any | None = None
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ConfigError(f"invalid S3 bucket name {bucket!r}: give the bare bucket name")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client or boto3.client(
+            "s3",
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 5},
+                connect_timeout=10,
+                read_timeout=120,
+            ),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def open_writer(self, key: str) -> _MultipartWriter:
+        return _MultipartWriter(self, key)
+
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        with s3_errors(f"write {key}", self.bucket):
+            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data)
+        info = self.stat(key)
+        if info is None:
+            raise PermanentError(f"S3 lost {key} right after writing it")
+        return info
+
+    def get(self, key: str) -> Iterator[bytes]:
+        with s3_errors(f"read {key}", self.bucket):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
+            try:
+                yield from body.iter_chunks(CHUNK)
+            finally:
+                body.close()
+
+    def read(self, key: str) -> bytes:
+        return b"".join(self.get(key))
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            with s3_errors(f"stat {key}", self.bucket):
+                head = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, int(head["ContentLength"]), head["LastModified"].astimezone(UTC))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self.full_key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        with s3_errors("list backups", self.bucket):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"].astimezone(UTC)
+                    )
+
+    def delete(self, key: str) -> None:
+        with s3_errors(f"delete {key}", self.bucket):
+            self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+
+    def abort_stale_uploads(self, older_than: Any) -> int:
+        """Abort multipart uploads under the prefix started before ``older_than`` (a datetime)."""
+        aborted = 0
+        with s3_errors("list unfinished uploads", self.bucket):
+            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.full_key(""))
+            for up in resp.get("Uploads", []):
+                if up["Initiated"].astimezone(UTC) < older_than:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
