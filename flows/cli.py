@@ -301,7 +301,7 @@ def restore_cmd(
         str | None,
         typer.Option(
             "--source-database",
-            help="Which database's backups to choose from (default: the target's name, or the only one).",
+            help="Which database's backups to choose from (default: the target's name).",
         ),
     ] = None,
     drop_existing: Annotated[

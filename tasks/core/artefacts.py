@@ -126,6 +126,7 @@ def iter_verified(
     do not match size and sha256 (so callers must not act on the data before exhaustion)."""
     digest, size = hashlib.sha256(), 0
     dec = zstandard.ZstdDecompressor().decompressobj() if art.compression == "zstd" else None
+    broken: zstandard.ZstdError | None = None
     try:
         for chunk in storage.get(art.key):
             digest.update(chunk)
@@ -136,13 +137,14 @@ def iter_verified(
                 raise IntegrityError(
                     f"{storage.url}/{art.key}: larger than the manifest says ({art.size} bytes)"
                 )
+            if broken is not None:
+                continue  # keep hashing: the sha256 verdict is the precise one
             if dec is not None:
                 try:
                     out = dec.decompress(chunk)
                 except zstandard.ZstdError as exc:
-                    raise IntegrityError(
-                        f"{storage.url}/{art.key}: corrupt zstd stream: {exc}"
-                    ) from exc
+                    broken = exc
+                    continue
                 if out:
                     yield out
             else:
@@ -155,6 +157,8 @@ def iter_verified(
         )
     if digest.hexdigest() != art.sha256:
         raise IntegrityError(f"{storage.url}/{art.key}: sha256 mismatch (corrupted)")
+    if broken is not None:
+        raise IntegrityError(f"{storage.url}/{art.key}: corrupt zstd stream: {broken}")
     if dec is not None and not dec.eof:
         raise IntegrityError(f"{storage.url}/{art.key}: zstd stream ends early (truncated)")
 

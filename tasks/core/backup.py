@@ -145,14 +145,16 @@ def backup_database(
             + "; ".join(f"{k}: {v}" for k, v in failed.items())
         )
 
-    swept = catalog.sweep(now(), sweep_grace)
+    # housekeeping only where this backup landed: a location that just failed is left alone
+    healthy = Catalog([loc for loc in catalog.locations if loc.url in committed])
+    swept = healthy.sweep(now(), sweep_grace)
     decisions: list[retention.Decision] = []
     if retention_days is not None:
-        listing = catalog.list()
+        listing = healthy.list()
         decisions = retention.plan(
             retention.candidates(listing.backups),
             retention.AgePolicy(timedelta(days=retention_days)),
             now(),
         )
-        retention.apply(catalog, listing.backups, decisions)
+        retention.apply(healthy, listing.backups, decisions)
     return BackupResult(manifest, committed, failed, swept, decisions, time.monotonic() - t0)

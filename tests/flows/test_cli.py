@@ -1,0 +1,283 @@
+"""The `dr` command as a user runs it: exit codes, one-line errors, consent, JSON, corruption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.core.sampledata import create_sqlite_app_db
+from tests.conftest import run_dr
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def app_db(tmp_path: Path) -> Path:
+    db = tmp_path / "app.db"
+    create_sqlite_app_db(db, users=50)
+    return db
+
+
+def _backup(tmp_path: Path, db: Path, *extra: str) -> dict[str, object]:
+    r = run_dr(
+        "backup",
+        "--database-url",
+        f"sqlite:///{db}",
+        "--backup-dir",
+        str(tmp_path / "backups"),
+        "--json",
+        *extra,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _one_line_error(r: object) -> str:
+    stderr = r.stderr.strip()  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("dr: error:") or stderr.startswith("Usage:") or "Error" in stderr
+    return stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["backup"], 2, "no database: give --database-url"),
+        (["backup", "--database-url", "mysql://h/db"], 2, "unsupported database URL scheme"),
+        (["backup", "--database-url", "postgresql://h:notaport/db"], 2, "invalid PostgreSQL URL"),
+        (["backup", "--database-url", "sqlite://"], 2, "SQLite URL needs a file path"),
+        (["backup", "--database-url", "sqlite:///no/such/app.db"], 2, "does not exist"),
+        (
+            ["backup", "--latest", "--database-url", "sqlite:///x.db"],
+            2,
+            "--latest goes with --verify-only",
+        ),
+        (["restore", "--database-url", "sqlite:///x.db"], 2, "choose exactly one backup"),
+        (
+            ["restore", "--database-url", "sqlite:///x.db", "--latest", "--backup-id", "a"],
+            2,
+            "choose exactly one backup",
+        ),
+        (["restore", "--latest"], 2, "no target: give --database-url"),
+        (
+            ["restore", "--database-url", "sqlite:///x.db", "--before", "yesterday"],
+            2,
+            "cannot read 'yesterday' as a time",
+        ),
+        (
+            ["restore", "--database-url", "sqlite:///x.db", "--before", "2999-01-01T00:00:00Z"],
+            2,
+            "is in the future",
+        ),
+        (
+            ["restore", "--database-url", "sqlite:///x.db", "--backup-file", "/etc/hostname"],
+            2,
+            "is not inside a backup folder",
+        ),
+        (
+            ["restore", "--database-url", "sqlite:///x.db", "--backup-id", "nosuch"],
+            1,
+            "no backup with id 'nosuch'",
+        ),
+        (["restore", "--database-url", "sqlite:///x.db", "--latest"], 1, "no good backup"),
+        (["backup", "--verify-only"], 1, "no backups to verify"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    r = run_dr(
+        *args, "--backup-dir", str(tmp_path / "backups"), cwd=tmp_path, env={"DATABASE_URL": ""}
+    )
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert message in _one_line_error(r)
+    assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
+
+
+def test_usage_errors_exit_2() -> None:
+    r = run_dr("backup", "--retention-days", "0")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+
+
+def test_password_never_printed(tmp_path: Path) -> None:
+    r = run_dr(
+        "backup",
+        "--database-url",
+        "postgresql://app:hunter2secret@127.0.0.1:1/db",
+        "--backup-dir",
+        str(tmp_path / "b"),
+    )
+    assert r.returncode in (1, 2)
+    assert "hunter2secret" not in r.stdout + r.stderr
+    assert "127.0.0.1" in _one_line_error(r)
+
+
+def test_round_trip_env_vars_consent_and_json(tmp_path: Path, app_db: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{app_db}", "DR_BACKUP_DIR": str(tmp_path / "backups")}
+    r = run_dr("backup", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["rows"] == 50 + 100 + 1000
+    assert summary["failed"] == {}
+
+    target = tmp_path / "restored.db"
+    create_sqlite_app_db(target, users=3)
+    before = _sha(target)
+    r = run_dr("restore", "--database-url", f"sqlite:///{target}", "--latest", env=env)
+    assert r.returncode == 2
+    assert "restore plan (nothing changed)" in r.stdout
+    assert summary["backup_id"] in r.stdout
+    assert "add --confirm" in r.stderr
+    assert _sha(target) == before  # refused: untouched
+
+    r = run_dr(
+        "restore",
+        "--database-url",
+        f"sqlite:///{target}",
+        "--latest",
+        "--source-database",
+        "app.db",
+        "--confirm",
+        "--json",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert {c["table"]: c["actual"] for c in result["counts"]} == {
+        "users": 50,
+        "bots": 100,
+        "trades": 1000,
+    }
+    assert _sha(target) != before
+    kept = Path(result["kept_as"])
+    assert kept.exists()
+    assert _sha(kept) == before
+
+    listing = json.loads(run_dr("restore", "--list", "--json", env=env).stdout)
+    assert [b["backup_id"] for b in listing] == [summary["backup_id"]]
+    assert listing[0]["locations"] == ["local"]
+    assert listing[0]["engine"] == "sqlite"
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_flipped_artefact_byte_is_caught(tmp_path: Path, app_db: Path, where: str) -> None:
+    summary = _backup(tmp_path, app_db)
+    art = tmp_path / "backups" / str(summary["backup_id"]) / "database.sqlite.zst"
+    data = bytearray(art.read_bytes())
+    pos = {"start": 0, "middle": len(data) // 2, "end": len(data) - 1}[where]
+    data[pos] ^= 0x01
+    art.write_bytes(bytes(data))
+
+    r = run_dr("backup", "--verify-only", "--backup-dir", str(tmp_path / "backups"))
+    assert r.returncode == 1
+    assert "CHECKSUM_MISMATCH" in r.stdout
+
+    target = tmp_path / "target.db"
+    create_sqlite_app_db(target, users=2)
+    before = _sha(target)
+    backups = str(tmp_path / "backups")
+    r = run_dr(
+        "restore",
+        "--database-url",
+        f"sqlite:///{target}",
+        "--latest",
+        "--source-database",
+        "app.db",
+        "--confirm",
+        "--backup-dir",
+        backups,
+    )
+    assert r.returncode == 1  # verification marked it bad: --latest will not pick it
+    assert "no good backup of database 'app.db'" in _one_line_error(r)
+    r = run_dr(
+        "restore",
+        "--database-url",
+        f"sqlite:///{target}",
+        "--backup-id",
+        str(summary["backup_id"]),
+        "--confirm",
+        "--backup-dir",
+        backups,
+    )
+    assert r.returncode == 1  # named explicitly: the checksum still stops it
+    assert "no intact copy" in _one_line_error(r)
+    assert _sha(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "backups", "target.db"]
+
+
+def test_flipped_manifest_byte_is_caught(tmp_path: Path, app_db: Path) -> None:
+    summary = _backup(tmp_path, app_db)
+    manifest = tmp_path / "backups" / str(summary["backup_id"]) / "manifest.json"
+    raw = bytearray(manifest.read_bytes())
+    i = raw.index(b'"trades": 1000') + len('"trades": 1')
+    raw[i] ^= 0x01  # 1000 -> 1100: still valid JSON, still a number
+    manifest.write_bytes(bytes(raw))
+    r = run_dr("backup", "--verify-only", "--backup-dir", str(tmp_path / "backups"))
+    assert r.returncode == 1
+    assert "CHECKSUM_MISMATCH" in r.stdout
+    assert "checksum mismatch" in r.stdout
+    r = run_dr("restore", "--list", "--backup-dir", str(tmp_path / "backups"))
+    assert "no backups in" in r.stdout
+    assert "checksum mismatch" in r.stderr
+
+
+def test_verify_latest_and_list_show_verification(tmp_path: Path, app_db: Path) -> None:
+    first = _backup(tmp_path, app_db)
+    second = _backup(tmp_path, app_db)
+    r = run_dr(
+        "backup", "--verify-only", "--latest", "--json", "--backup-dir", str(tmp_path / "backups")
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [x["backup_id"] for x in report["results"]] == [second["backup_id"]]
+    listing = json.loads(
+        run_dr("restore", "--list", "--json", "--backup-dir", str(tmp_path / "backups")).stdout
+    )
+    by_id = {b["backup_id"]: b for b in listing}
+    assert by_id[second["backup_id"]]["verified"]["ok"] is True
+    assert by_id[first["backup_id"]]["verified"] is None
+
+
+def test_restore_by_backup_file_and_before(tmp_path: Path, app_db: Path) -> None:
+    first = _backup(tmp_path, app_db)
+    create_sqlite_app_db(app_db, users=60)
+    second = _backup(tmp_path, app_db)
+    target = tmp_path / "t.db"
+    art = tmp_path / "backups" / str(first["backup_id"]) / "database.sqlite.zst"
+    r = run_dr(
+        "restore",
+        "--database-url",
+        f"sqlite:///{target}",
+        "--backup-file",
+        str(art),
+        "--confirm",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backup_id"] == first["backup_id"]
+
+    r = run_dr(
+        "restore",
+        "--database-url",
+        f"sqlite:///{target}",
+        "--before",
+        str(second["consistent_at"]),
+        "--source-database",
+        "app.db",
+        "--confirm",
+        "--drop-existing",
+        "--json",
+        "--backup-dir",
+        str(tmp_path / "backups"),
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["backup_id"] == first["backup_id"]
+    assert out["kept_as"] is None
