@@ -58,6 +58,10 @@ class DatabaseURL:
     def with_dbname(self, dbname: str) -> DatabaseURL:
         return replace(self, dbname=dbname)
 
+    def with_password(self, password: str) -> DatabaseURL:
+        params = dict(self.params, password=password)
+        return replace(self, params=tuple(sorted(params.items())))
+
     def libpq_env(self) -> dict[str, str]:
         """Environment for pg_dump/pg_restore/psql: connection details, password included."""
         names = {
