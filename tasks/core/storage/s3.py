@@ -17,75 +17,24 @@ from datetime import UTC
 from typing import Any
 
 import boto3
-import botocore.exceptions as bexc
 from botocore.config import Config
 
-from tasks.core.errors import ConfigError, PermanentError, TransientError
+from tasks.core.aws import aws_errors
+from tasks.core.errors import ConfigError, PermanentError
 from tasks.core.storage import CHUNK, ObjectInfo
 
 __all__ = ["S3Storage"]
 
 PART_SIZE = 16 * CHUNK  # S3 needs >= 5 MiB per part; 16 MiB x 10,000 parts = 160 GiB per object
 _QUEUE_PARTS = 2
-_TRANSIENT_CODES = {
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "503",
-    "500",
-    "502",
-    "504",
-}
-_DENIED_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "403",
-    "ExpiredToken",
-    "InvalidToken",
-}
 
 
-@contextlib.contextmanager
-def s3_errors(what: str, bucket: str) -> Iterator[None]:
-    """Translate botocore exceptions into the project's error tree (the only place that does)."""
-    try:
-        yield
-    except bexc.NoCredentialsError as exc:
-        raise ConfigError(
-            "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
-        ) from exc
-    except (
-        bexc.EndpointConnectionError,
-        bexc.ConnectionClosedError,
-        bexc.ReadTimeoutError,
-        bexc.ConnectTimeoutError,
-        bexc.ResponseStreamingError,
-    ) as exc:
-        raise TransientError(f"S3 unreachable while trying to {what}: {exc}") from exc
-    except bexc.ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise FileNotFoundError(f"s3://{bucket}: {what}: not found") from exc
-        if code == "NoSuchBucket":
-            raise ConfigError(
-                f"S3 bucket {bucket!r} does not exist: create it or fix --s3-bucket"
-            ) from exc
-        if code in _DENIED_CODES:
-            raise ConfigError(
-                f"S3 denied access to bucket {bucket!r} ({code}) while trying to "
-                f"{what}: check the AWS credentials and the bucket policy"
-            ) from exc
-        if code in _TRANSIENT_CODES:
-            raise TransientError(f"S3 error {code} while trying to {what}") from exc
-        raise PermanentError(
-            f"S3 error {code} while trying to {what}: {err.get('Message', '')}"
-        ) from exc
-    except bexc.BotoCoreError as exc:
-        raise TransientError(f"S3 failure while trying to {what}: {exc}") from exc
+def s3_errors(what: str, bucket: str) -> contextlib.AbstractContextManager[None]:
+    return aws_errors(
+        "S3",
+        what,
+        {"NoSuchBucket": f"S3 bucket {bucket!r} does not exist: create it or fix --s3-bucket"},
+    )
 
 
 class _MultipartWriter:
