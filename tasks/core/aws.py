@@ -70,7 +70,7 @@ def aws_errors(service: str, what: str, missing: Mapping[str, str] | None = None
         if code in _DENIED:
             raise ConfigError(
                 f"{service} denied access ({code}) while trying to {what}: check "
-                "the AWS credentials and the policy (docs/security.md)"
+                "the AWS credentials and the policy"
             ) from exc
         if code in _TRANSIENT:
             raise TransientError(f"{service} error {code} while trying to {what}") from exc

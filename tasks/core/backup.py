@@ -42,10 +42,11 @@ class BackupResult:
     swept: list[str] = field(default_factory=list)
     retention: list[retention.Decision] = field(default_factory=list)
     duration_s: float = 0.0
+    housekeeping_error: str | None = None  # sweep/retention failed after the commit
 
     @property
     def complete(self) -> bool:
-        return not self.failed
+        return not self.failed and self.housekeeping_error is None
 
 
 def backup_database(
@@ -146,15 +147,23 @@ def backup_database(
         )
 
     # housekeeping only where this backup landed: a location that just failed is left alone
+    # and a failure here is reported next to the committed backup, never instead of it
     healthy = Catalog([loc for loc in catalog.locations if loc.url in committed])
-    swept = healthy.sweep(now(), sweep_grace)
+    swept: list[str] = []
     decisions: list[retention.Decision] = []
-    if retention_days is not None:
-        listing = healthy.list()
-        decisions = retention.plan(
-            retention.candidates(listing.backups),
-            retention.AgePolicy(timedelta(days=retention_days)),
-            now(),
-        )
-        retention.apply(healthy, listing.backups, decisions)
-    return BackupResult(manifest, committed, failed, swept, decisions, time.monotonic() - t0)
+    housekeeping_error = None
+    try:
+        swept = healthy.sweep(now(), sweep_grace)
+        if retention_days is not None:
+            listing = healthy.list()
+            decisions = retention.plan(
+                retention.candidates(listing.backups),
+                retention.AgePolicy(timedelta(days=retention_days)),
+                now(),
+            )
+            retention.apply(healthy, listing.backups, decisions)
+    except DRError as exc:
+        housekeeping_error = str(exc)
+    return BackupResult(
+        manifest, committed, failed, swept, decisions, time.monotonic() - t0, housekeeping_error
+    )

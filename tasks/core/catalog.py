@@ -22,8 +22,9 @@ from typing import Any
 from tasks.core.errors import BackupNotFound, ConfigError, DRError, IntegrityError
 from tasks.core.manifest import ID_PATTERN, MANIFEST, Manifest
 from tasks.core.storage import ObjectInfo, Storage
+from tasks.core.units import utc
 
-__all__ = ["VERIFICATION", "BackupEntry", "Catalog", "Listing", "Verification"]
+__all__ = ["VERIFICATION", "BackupEntry", "Catalog", "Listing", "Problem", "Verification"]
 
 VERIFICATION = "verification.json"
 DEFAULT_SWEEP_GRACE = timedelta(hours=6)
@@ -68,7 +69,8 @@ class BackupEntry:
 
     @property
     def last_verification(self) -> Verification | None:
-        return max(self.verifications.values(), key=lambda v: v.at, default=None)
+        # on a tie (one verify run stamps every location alike) a failure wins
+        return max(self.verifications.values(), key=lambda v: (v.at, not v.ok), default=None)
 
     @property
     def good(self) -> bool:
@@ -81,9 +83,21 @@ class BackupEntry:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """A manifest that exists in a location but does not check out there."""
+
+    location: str
+    backup_id: str
+    error: IntegrityError
+
+    def __str__(self) -> str:
+        return str(self.error)
+
+
+@dataclass(frozen=True)
 class Listing:
     backups: list[BackupEntry]  # newest first
-    problems: list[str]  # manifests that exist but do not check out, per location
+    problems: list[Problem]
 
 
 class Catalog:
@@ -107,7 +121,7 @@ class Catalog:
         manifests: dict[str, Manifest] = {}
         holders: dict[str, list[Storage]] = defaultdict(list)
         verifs: dict[str, dict[str, Verification]] = defaultdict(dict)
-        problems: list[str] = []
+        problems: builtins.list[Problem] = []
         for loc in self.locations:
             scanned = self._scan(loc)
             todo = [
@@ -118,13 +132,13 @@ class Catalog:
             def load(item: tuple[str, set[str]], loc: Storage = loc) -> tuple[str, Any, Any]:
                 bid, names = item
                 try:
-                    m: Manifest | str = Manifest.from_bytes(
+                    m: Manifest | IntegrityError = Manifest.from_bytes(
                         loc.read(f"{bid}/{MANIFEST}"), where=f"{loc.url}/{bid}/{MANIFEST}"
                     )
                 except IntegrityError as exc:
-                    m = str(exc)
+                    m = exc
                 except FileNotFoundError:
-                    m = f"{loc.url}/{bid}: manifest vanished while listing"
+                    m = IntegrityError(f"{loc.url}/{bid}: manifest vanished while listing")
                 v = None
                 if VERIFICATION in names:
                     try:
@@ -136,11 +150,17 @@ class Catalog:
             workers = 1 if loc.name == "local" else 16  # S3: hide per-request latency
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for bid, m, v in pool.map(load, todo):
-                    if isinstance(m, str):
-                        problems.append(m)
+                    if isinstance(m, IntegrityError):
+                        problems.append(Problem(loc.url, bid, m))
                         continue
                     if m.backup_id != bid:
-                        problems.append(f"{loc.url}/{bid}: manifest names {m.backup_id}")
+                        problems.append(
+                            Problem(
+                                loc.url,
+                                bid,
+                                IntegrityError(f"{loc.url}/{bid}: manifest names {m.backup_id}"),
+                            )
+                        )
                         continue
                     manifests.setdefault(bid, m)
                     holders[bid].append(loc)
@@ -198,8 +218,7 @@ class Catalog:
             if not older:
                 oldest = backups[-1].manifest.consistent_at
                 raise BackupNotFound(
-                    f"no good backup taken before {before:%Y-%m-%dT%H:%M:%SZ}; "
-                    f"the oldest is from {oldest:%Y-%m-%dT%H:%M:%SZ}"
+                    f"no good backup taken before {utc(before)}; the oldest is from {utc(oldest)}"
                 )
             return older[0]
         return backups[0]

@@ -8,6 +8,7 @@
     └── PermanentError           trying again will not help (CLI exit 1)
         ├── BackupNotFound       no backup matches the selection
         ├── IntegrityError       checksum/size mismatch, unreadable archive, bad manifest
+        │   └── UnsupportedFormat    a manifest from a newer version (intact, not readable here)
         ├── VerificationFailed   a restored copy does not match its manifest
         └── CommandFailed        an external tool (pg_dump, pg_restore, ...) exited non-zero
 
@@ -27,6 +28,7 @@ __all__ = [
     "IntegrityError",
     "PermanentError",
     "TransientError",
+    "UnsupportedFormat",
     "VerificationFailed",
 ]
 
@@ -57,6 +59,10 @@ class BackupNotFound(PermanentError):
 
 class IntegrityError(PermanentError):
     """Stored data does not match what its manifest promises."""
+
+
+class UnsupportedFormat(IntegrityError):
+    """An intact manifest written by a newer version of dr-pipelines."""
 
 
 class VerificationFailed(PermanentError):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.core.errors import IntegrityError
+from tasks.core.errors import IntegrityError, UnsupportedFormat
 
 __all__ = ["MANIFEST", "Artefact", "DatabaseProperties", "Manifest", "Role", "new_backup_id"]
 
@@ -122,7 +122,7 @@ class Manifest(_Frozen):
         if stated != hashlib.sha256(_canonical(body)).hexdigest():
             raise IntegrityError(f"{where}: checksum mismatch (altered after writing)")
         if body.get("format_version") != FORMAT_VERSION:
-            raise IntegrityError(
+            raise UnsupportedFormat(
                 f"{where}: format version {body.get('format_version')!r} is not "
                 f"supported by this version (expects {FORMAT_VERSION})"
             )
@@ -131,7 +131,9 @@ class Manifest(_Frozen):
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
-            raise IntegrityError(f"{where}: invalid field {loc}: {first['msg']}") from exc
+            raise UnsupportedFormat(
+                f"{where}: field {loc}: {first['msg']} (intact: written by a newer dr-pipelines?)"
+            ) from exc
 
 
 def _canonical(body: dict[str, Any]) -> bytes:

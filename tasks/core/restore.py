@@ -5,7 +5,8 @@ restore()       with consent only:
   1. fetch the artefact: local copy if its checksum holds, else the next location (S3),
      decompressed into the work dir; nothing is restored from bytes that did not check out
   2. recreate missing roles, restore into a new side database (SQLite: a side file)
-  3. verify exact row counts against the manifest; on mismatch drop the side copy, stop
+  3. verify exact row counts against the manifest; on mismatch drop the side copy, stop;
+     then give the side copy the source database's settings
   4. switch the side copy into place in one step; keep the previous database as
      <name>_pre_restore_<id>, or drop it after the switch with drop_existing
 Any failure before step 4 leaves the current database untouched and removes the side copy.
@@ -159,6 +160,7 @@ def restore(
             eng.pg_restore(tmp / "archive.pgdump", plan.side, jobs or os.cpu_count() or 1)
             checks = [CountCheck(t, e, a) for t, (e, a) in eng.verify_side(plan.side, m).items()]
             _require_counts(checks, plan.side)
+            eng.apply_settings(plan.side, m.database_properties)
             eng.switch(plan.side, plan.keep_as if plan.target_exists else None)
             switched = True
         finally:

@@ -21,7 +21,7 @@ from tasks.core.artefacts import fetch_artefact, iter_verified
 from tasks.core.catalog import BackupEntry, Catalog, Verification
 from tasks.core.engines import sqlite
 from tasks.core.engines.postgres import PostgresEngine
-from tasks.core.errors import DRError, IntegrityError
+from tasks.core.errors import DRError, IntegrityError, UnsupportedFormat
 from tasks.core.storage import Storage
 
 __all__ = ["CheckResult", "Status", "VerifyReport", "verify_backup", "verify_catalog"]
@@ -87,8 +87,7 @@ def verify_backup(
             return row(Status.COUNT_MISMATCH, f"row counts differ in {', '.join(diff[:5])}")
         return row(Status.OK, f"integrity_check ok, {len(counts)} tables counted, sha256 ok")
     except IntegrityError as exc:
-        status = Status.MISSING if "missing" in str(exc) else Status.CHECKSUM_MISMATCH
-        return row(status, str(exc))
+        return row(_status(exc), str(exc))
     except DRError as exc:
         return row(Status.ERROR, str(exc))
 
@@ -114,7 +113,8 @@ def verify_catalog(
                 newest.append(e)
         entries = newest
     results = [
-        CheckResult(p.split(": ", 1)[0], "", Status.CHECKSUM_MISMATCH, p) for p in listing.problems
+        CheckResult(p.backup_id, p.location, _status(p.error), str(p.error))
+        for p in listing.problems
     ]
     for e in entries:
         for loc in e.locations:
@@ -126,3 +126,9 @@ def verify_catalog(
                     loc, e.backup_id, Verification(now, r.status is Status.OK, r.detail)
                 )
     return VerifyReport(results)
+
+
+def _status(exc: IntegrityError) -> Status:
+    if isinstance(exc, UnsupportedFormat):
+        return Status.ERROR  # written by a newer version: not damage
+    return Status.MISSING if str(exc).endswith(": missing") else Status.CHECKSUM_MISMATCH

@@ -117,6 +117,7 @@ def test_password_never_printed(tmp_path: Path) -> None:
     assert r.returncode in (1, 2)
     assert "hunter2secret" not in r.stdout + r.stderr
     assert "127.0.0.1" in _one_line_error(r)
+    assert list((tmp_path / "b").iterdir()) == []  # a failed backup leaves no empty folder
 
 
 def test_round_trip_env_vars_consent_and_json(tmp_path: Path, app_db: Path) -> None:
@@ -222,7 +223,12 @@ def test_flipped_manifest_byte_is_caught(tmp_path: Path, app_db: Path) -> None:
     r = run_dr("backup", "--verify-only", "--backup-dir", str(tmp_path / "backups"))
     assert r.returncode == 1
     assert "CHECKSUM_MISMATCH" in r.stdout
-    assert "checksum mismatch" in r.stdout
+    r = run_dr("backup", "--verify-only", "--json", "--backup-dir", str(tmp_path / "backups"))
+    [row] = json.loads(r.stdout)["results"]
+    assert row["backup_id"] == summary["backup_id"]
+    assert row["location"] == str(tmp_path / "backups")
+    assert row["status"] == "CHECKSUM_MISMATCH"
+    assert "checksum mismatch" in row["detail"]
     r = run_dr("restore", "--list", "--backup-dir", str(tmp_path / "backups"))
     assert "no backups in" in r.stdout
     assert "checksum mismatch" in r.stderr

@@ -14,6 +14,7 @@ Passwords reach pg_dump/pg_restore only through the environment (``PGPASSWORD``)
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import subprocess
 import tempfile
@@ -43,6 +44,18 @@ __all__ = ["DumpInfo", "PostgresEngine", "count_rows", "pg_errors"]
 
 MAINTENANCE_DB = "postgres"
 _SAFE_IDENT_MAX = 63
+# Settings stored as a list of double-quoted elements (pg_dump's variable_is_guc_list_quote):
+# given back as one literal they would become a single element named like the whole list.
+_GUC_LIST_QUOTE = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
 
 
 @contextlib.contextmanager
@@ -201,7 +214,7 @@ class PostgresEngine:
                 application_name="dr-pipelines",
             )
 
-    def _env(self, dbname: str | None = None) -> dict[str, str]:
+    def child_env(self, dbname: str | None = None) -> dict[str, str]:
         target = self.url if dbname is None else self.url.with_dbname(dbname)
         return {**os.environ, **target.libpq_env()}
 
@@ -272,7 +285,7 @@ class PostgresEngine:
         after_start: Callable[[], None],
     ) -> None:
         with tempfile.TemporaryFile() as errf:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf, env=self._env())
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf, env=self.child_env())
             assert proc.stdout is not None
             try:
                 after_start()
@@ -360,7 +373,8 @@ class PostgresEngine:
         return _ident_with_suffix(self.url.dbname, f"_pre_restore_{backup_id.rsplit('-', 1)[-1]}")
 
     def create_side(self, name: str, props: DatabaseProperties | None) -> None:
-        """Create the empty side database with the source database's properties."""
+        """Create the empty side database with the source database's properties (its
+        settings come after the restore: ``apply_settings``)."""
         with (
             self.connect(MAINTENANCE_DB, what="create a database on") as conn,
             pg_errors(f"create side database {name}"),
@@ -384,13 +398,6 @@ class PostgresEngine:
                     sql.Identifier(props.owner),
                 )
             )
-            for setting in props.settings:
-                key, _, value = setting.partition("=")
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
-                        sql.Identifier(name), sql.Identifier(key), sql.Literal(value)
-                    )
-                )
             if props.privileges is not None:
                 conn.execute(
                     sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
@@ -403,23 +410,49 @@ class PostgresEngine:
                         )
                     )
 
+    def apply_settings(self, name: str, props: DatabaseProperties | None) -> None:
+        """The source database's ``ALTER DATABASE ... SET`` settings, applied once the data is
+        in and verified: earlier, a setting such as ``default_transaction_read_only`` or
+        ``statement_timeout`` would stop pg_restore or the verification."""
+        if props is None or not props.settings:
+            return
+        with (
+            self.connect(MAINTENANCE_DB, what="configure a database on") as conn,
+            pg_errors(f"apply the settings of database {name}"),
+        ):
+            for setting in props.settings:
+                key, _, value = setting.partition("=")
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
+                        sql.Identifier(name), sql.Identifier(key), _setting_value(key, value)
+                    )
+                )
+
     def pg_restore(self, archive: Path, dbname: str, jobs: int) -> None:
-        """``pg_restore -j jobs`` of a custom-format archive into ``dbname``; stops at the
-        first error (a partial restore is never called a success)."""
-        args = [
-            "pg_restore",
-            "--exit-on-error",
-            "--no-password",
-            f"--jobs={max(jobs, 1)}",
-            f"--dbname={dbname}",
-            str(archive),
-        ]
-        proc = subprocess.run(args, capture_output=True, env=self._env(dbname), check=False)
-        if proc.returncode != 0:
-            raise CommandFailed(
-                f"pg_restore into {dbname} failed (exit {proc.returncode}): "
-                f"{_last_line(proc.stderr)}"
+        """``pg_restore -j jobs`` of a custom-format archive into ``dbname``, one section at a
+        time; stops at the first error (a partial restore is never called a success).
+
+        One run per section: in a single parallel run, a trigger on a partitioned table waits
+        only for the parent (which has no data), so it is created, and fires, while partitions
+        are still being loaded."""
+        for section in ("pre-data", "data", "post-data"):
+            args = [
+                "pg_restore",
+                "--exit-on-error",
+                "--no-password",
+                f"--section={section}",
+                f"--jobs={max(jobs, 1)}",
+                f"--dbname={dbname}",
+                str(archive),
+            ]
+            proc = subprocess.run(
+                args, capture_output=True, env=self.child_env(dbname), check=False
             )
+            if proc.returncode != 0:
+                raise CommandFailed(
+                    f"pg_restore ({section}) into {dbname} failed (exit {proc.returncode}): "
+                    f"{_last_line(proc.stderr)}"
+                )
 
     @staticmethod
     def list_archive(chunks: Iterator[bytes]) -> int:
@@ -496,41 +529,52 @@ class PostgresEngine:
                         sql.Identifier(target)
                     )
                 )
-            last: Exception | None = None
-            for attempt in range(10):
-                _terminate(conn, target)
-                _terminate(conn, side)
-                try:
-                    with conn.transaction():
-                        if exists:
+            switched = False
+            try:
+                for attempt in range(10):
+                    _terminate(conn, target)
+                    _terminate(conn, side)
+                    try:
+                        with conn.transaction():
+                            if exists:
+                                conn.execute(
+                                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                        sql.Identifier(target), sql.Identifier(keep_as or "")
+                                    )
+                                )
                             conn.execute(
                                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                    sql.Identifier(target), sql.Identifier(keep_as or "")
+                                    sql.Identifier(side), sql.Identifier(target)
                                 )
                             )
-                        conn.execute(
-                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                sql.Identifier(side), sql.Identifier(target)
-                            )
+                        switched = True
+                        break
+                    except psycopg.errors.ObjectInUse:  # a session slipped in: try again
+                        time.sleep(0.2 * (attempt + 1))
+            finally:
+                if exists:
+                    # also on failure: the current database must not stay closed to everyone;
+                    # the kept copy stays connectable for inspection (or for switching back)
+                    kept = keep_as if switched and keep_as else target
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                            sql.Identifier(kept)
                         )
-                    last = None
-                    break
-                except psycopg.errors.ObjectInUse as exc:  # a session slipped in: try again
-                    last = exc
-                    time.sleep(0.2 * (attempt + 1))
-            if exists:
-                # the kept copy stays connectable for inspection (or for switching back)
-                kept = keep_as if last is None and keep_as else target
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
-                        sql.Identifier(kept)
                     )
-                )
-            if last is not None:
+            if not switched:
                 raise TransientError(
                     f"cannot switch {side} into place: sessions keep "
                     f"reconnecting to {target}; stop the application first"
                 )
+
+
+def _setting_value(key: str, value: str) -> sql.Composable:
+    """The SQL for a value as pg_db_role_setting stores it (``"$user", public`` for a list)."""
+    if key.lower() not in _GUC_LIST_QUOTE:
+        return sql.Literal(value)
+    # elements are separated by ", " and double-quoted with "" escapes: CSV with those rules
+    elements = next(csv.reader([value], skipinitialspace=True))
+    return sql.SQL(", ").join(sql.Literal(e) for e in elements)
 
 
 def _terminate(conn: psycopg.Connection[Any], dbname: str) -> None:

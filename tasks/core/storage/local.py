@@ -7,6 +7,7 @@ commit (atomic on POSIX), so a reader never sees a half-written object. Files ar
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ def _info(key: str, st: os.stat_result) -> ObjectInfo:
 class _LocalWriter:
     def __init__(self, path: Path, key: str) -> None:
         self._path, self._key = path, key
+        self._created_dir = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -46,18 +48,31 @@ class _LocalWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            self._file = None
             os.replace(self._tmp, self._path)
+            _fsync_dir(self._path.parent)  # the rename itself must survive a power cut
         except OSError as exc:
             self.abort()
             raise PermanentError(f"cannot write {self._path}: {exc.strerror}") from exc
+        self._file = None
         return _info(self._key, self._path.stat())
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._tmp.unlink(missing_ok=True)
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        self._tmp.unlink(missing_ok=True)
+        if self._created_dir:  # a backup that failed before any commit leaves no empty folder
+            with contextlib.suppress(OSError):
+                self._path.parent.rmdir()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LocalStorage:

@@ -220,12 +220,13 @@ class S3Storage:
     def abort_stale_uploads(self, older_than: Any) -> int:
         """Abort multipart uploads under the prefix started before ``older_than`` (a datetime)."""
         aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
         with s3_errors("list unfinished uploads", self.bucket):
-            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.full_key(""))
-            for up in resp.get("Uploads", []):
-                if up["Initiated"].astimezone(UTC) < older_than:
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
-                    )
-                    aborted += 1
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key("")):
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].astimezone(UTC) < older_than:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                        )
+                        aborted += 1
         return aborted
