@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from tasks.core.pgcluster import PgCluster, free_port
+from tests.k8s_emulator import k8s_emulator  # noqa: F401 - a fixture for every test module
 
 REPO = Path(__file__).resolve().parent.parent
 DR = str(Path(sys.executable).with_name("dr"))
