@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from rich.table import Table
 from tasks.core import units
 from tasks.core.backup import backup_database
 from tasks.core.catalog import BackupEntry, Catalog, local_entry_from_path, utcnow
+from tasks.core.config import load_config
 from tasks.core.dburl import parse_database_url, redact
 from tasks.core.errors import ConfigError, ConsentRequired, DRError
 from tasks.core.restore import plan_restore, restore
@@ -83,7 +85,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary for 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 WorkDirOpt = Annotated[
     Path | None,
-    typer.Option("--work-dir", help="Scratch space for restores (default: the system temp dir)."),
+    typer.Option(
+        "--work-dir",
+        help="Scratch space for decompressed archives and SQLite copies (default: system temp).",
+    ),
 ]
 
 
@@ -216,6 +221,7 @@ def backup(
                     "failed": result.failed,
                     "swept": result.swept,
                     "retention_deleted": [d.backup_id for d in deleted],
+                    "housekeeping_error": result.housekeeping_error,
                 }
             )
         else:
@@ -232,6 +238,11 @@ def backup(
                 out.print(f"  swept leftovers of an unfinished backup: {s}")
         for loc, why in result.failed.items():
             err.print(f"dr: error: backup not stored in {loc}: {redact(why)}")
+        if result.housekeeping_error:
+            err.print(
+                f"dr: error: backup stored, but housekeeping (sweep/retention) failed: "
+                f"{redact(result.housekeeping_error)}"
+            )
         if not result.complete:
             raise typer.Exit(EXIT_FAILED)
 
@@ -360,9 +371,19 @@ def restore_cmd(
         entry = _select(catalog, target.dbname, source_database, backup_id, before, now)
         plan = plan_restore(target, entry, drop_existing=drop_existing, now=now)
         if not confirm:
-            out.print("restore plan (nothing changed):")
-            for line in plan.describe():
-                out.print(f"  {line}")
+            if as_json:
+                _emit_json(
+                    {
+                        "confirmed": False,
+                        "backup_id": entry.backup_id,
+                        "target": str(target),
+                        "plan": plan.describe(),
+                    }
+                )
+            else:
+                out.print("restore plan (nothing changed):")
+                for line in plan.describe():
+                    out.print(f"  {line}")
             raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
         with _progress(f"fetch {entry.backup_id}", total=entry.manifest.size) as progress:
             result = restore(plan, confirm=True, jobs=jobs, work_dir=work_dir, progress=progress)
@@ -477,55 +498,114 @@ def _list(catalog: Catalog, database: str | None, as_json: bool) -> None:
     out.print(table)
 
 
-# ---- dr demo --------------------------------------------------------------------------------
+# ---- dr scenario / dr demo --------------------------------------------------------------------
+
+SCENARIOS = {
+    "database-corruption": "flows.database_corruption:database_corruption",
+    "infrastructure-loss": "flows.infrastructure_loss:infrastructure_loss",
+    "data-loss": "flows.data_loss:data_loss",
+    "security-breach": "flows.security_breach:security_breach",
+}
+
+
+def _prefect_defaults() -> None:
+    """Settings for running flows from the CLI (Prefect reads them at import)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--param {text!r}: expected key=value")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value  # a plain string
+
+
+def _print_outcome(state_name: str, message: str, summary: dict[str, Any]) -> None:
+    from rich.markdown import Markdown
+
+    out.print(Markdown(summary.get("report", "")) if out.is_terminal else summary.get("report"))
+    rto, rpo = summary.get("rto_s"), summary.get("rpo_s")
+    if rto is not None:
+        out.print(f"RTO {rto / 60:.2f} min, RPO {0 if rpo is None else rpo / 60:.2f} min")
+    if state_name != "COMPLETED":
+        err.print(f"dr: error: {summary.get('scenario', 'scenario')} ended {state_name}: {message}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def scenario(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SCENARIOS)}.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="DR_CONFIG", help="The environment's dr.toml.")
+    ] = None,
+    confirm: Annotated[
+        bool,
+        typer.Option(
+            "--confirm", help="Approve the destructive steps up front (no pause for approval)."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Resolve and print the plan; change nothing.")
+    ] = False,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="Extra flow parameter "
+            "key=value (JSON values allowed), e.g. deleted_at=2026-01-15T14:30:00Z",
+        ),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a disaster scenario flow here (Prefect's ephemeral API unless PREFECT_API_URL)."""
+    with _errors(debug):
+        if name not in SCENARIOS:
+            raise ConfigError(f"unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)}")
+        if not confirm and not dry_run and not os.environ.get("PREFECT_API_URL"):
+            raise ConsentRequired(
+                "without --confirm the scenario pauses for approval in the "
+                "Prefect UI: set PREFECT_API_URL to a running server (dr up), "
+                "or pass --confirm or --dry-run"
+            )
+        params = dict(_param(p) for p in param or [])
+        if config is not None:
+            load_config(config)  # fail here, in one line, on a bad file
+        _prefect_defaults()
+        import importlib
+
+        module, attr = SCENARIOS[name].split(":")
+        flow_fn = getattr(importlib.import_module(module), attr)
+        state = flow_fn(
+            config=str(config or ""), confirm=confirm, dry_run=dry_run, return_state=True, **params
+        )
+        summary = state.result(raise_on_failure=False)
+        if isinstance(summary, BaseException):
+            raise summary
+        _print_outcome(state.type.value, state.message or "", summary)
 
 
 @app.command()
 def demo(
     workdir: Annotated[
-        Path, typer.Option("--dir", help="Where the demo app database lives.")
+        Path, typer.Option("--dir", help="Where the demo environment lives.")
     ] = Path("dr-demo"),
-    backup_dir: BackupDirOpt = Path("backups"),
+    sqlite: Annotated[
+        bool, typer.Option("--sqlite", help="Use SQLite even when PostgreSQL is installed.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Round trip on embedded defaults: sample SQLite app DB -> backup -> verify -> restore."""
+    """Break a demo environment and recover it with the database-corruption scenario."""
     with _errors(debug):
-        from tasks.core.sampledata import create_sqlite_app_db
+        _prefect_defaults()
+        from flows.demo import run_demo
 
-        source = workdir.resolve() / "app.db"
-        copy = workdir.resolve() / "app-restored.db"
-        counts = create_sqlite_app_db(source)
-        out.print(
-            f"1. created the sample app database {source}: "
-            + ", ".join(f"{t} {n}" for t, n in counts.items())
-        )
-        catalog = Catalog([LocalStorage(backup_dir)])
-        result = backup_database(parse_database_url(f"sqlite:///{source}"), catalog)
-        m = result.manifest
-        out.print(
-            f"2. backed it up as {m.backup_id} ({units.size(m.size)}) in {result.committed[0]}"
-        )
-        report = verify_catalog(catalog, now=utcnow(), latest=True)
-        mine = [r for r in report.results if r.backup_id == m.backup_id]
-        out.print(f"3. verified: {mine[0].status.value} ({mine[0].detail})")
-        entry = catalog.get(m.backup_id)
-        plan = plan_restore(parse_database_url(f"sqlite:///{copy}"), entry, drop_existing=True)
-        restored = restore(plan, confirm=True)
-        out.print(f"4. restored it into {copy} in {restored.duration_s:.2f}s")
-        table = Table("TABLE", "SOURCE", "RESTORED", "MATCH", box=None, pad_edge=False)
-        for c in restored.counts:
-            table.add_row(
-                c.table,
-                str(counts.get(c.table, c.expected)),
-                str(c.actual),
-                "yes" if c.ok and counts.get(c.table) == c.actual else "NO",
-            )
-        out.print(table)
-        if not all(r.status is Status.OK for r in mine) or not all(
-            counts.get(c.table) == c.actual for c in restored.counts
-        ):
-            raise typer.Exit(EXIT_FAILED)
-        out.print("round trip OK: list the backups with `dr restore --list`")
+        summary = run_demo(workdir, use_sqlite=sqlite, say=out.print)
+        _print_outcome(summary["state"], summary["outcome"], summary)
+        out.print(f"report saved to {workdir / 'report.md'}; demo environment stopped")
 
 
 def main() -> None:

@@ -25,6 +25,9 @@ __all__ = ["ArtefactWriter", "LocationFailure", "fetch_artefact", "iter_verified
 
 Progress = Callable[[int], None]
 ZSTD_LEVEL = 3  # chosen by measurement: docs/benchmarks.md
+# Multithreaded zstd buffers whole jobs per worker; its default job (8 MiB at level 3) put the
+# dr process at ~175 MiB peak RSS. 2 MiB jobs: ~85 MiB, same ratio (docs/benchmarks.md).
+ZSTD_JOB_SIZE = 2 << 20
 
 
 class LocationFailure(DRError):
@@ -63,7 +66,12 @@ class ArtefactWriter:
         nthreads = threads if threads is not None else min(os.cpu_count() or 1, 4)
         self._zstd = (
             zstandard.ZstdCompressor(
-                level=level, threads=nthreads, write_checksum=True
+                compression_params=zstandard.ZstdCompressionParameters.from_level(
+                    level,
+                    threads=nthreads,
+                    job_size=ZSTD_JOB_SIZE if nthreads > 0 else 0,
+                    write_checksum=True,
+                )
             ).compressobj()
             if compress
             else None

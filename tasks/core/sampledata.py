@@ -10,7 +10,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-__all__ = ["SCHEMA_SQL", "create_sqlite_app_db", "rows"]
+__all__ = ["SCHEMA_SQL", "create_postgres_app_db", "create_sqlite_app_db", "rows"]
 
 SCHEMA_SQL = """
 CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
@@ -34,7 +34,7 @@ def rows(users: int, seed: int = 7) -> tuple[list[tuple[object, ...]], ...]:
         for i in range(1, users + 1)
     ]
     b: Rows = [
-        (i, 1 + (i - 1) // 2, f"bot-{i}", rnd.choice(_STRATEGIES), i % 3 != 0)
+        (i, 1 + (i - 1) // 2, f"bot-{i}", rnd.choice(_STRATEGIES), int(i % 3 != 0))
         for i in range(1, 2 * users + 1)
     ]
     t: Rows = [
@@ -63,4 +63,17 @@ def create_sqlite_app_db(path: Path, users: int = 100, seed: int = 7) -> dict[st
         conn.executemany("INSERT INTO users VALUES (?, ?, ?)", u)
         conn.executemany("INSERT INTO bots VALUES (?, ?, ?, ?, ?)", b)
         conn.executemany("INSERT INTO trades VALUES (?, ?, ?, ?, ?, ?, ?)", t)
+    return {"users": len(u), "bots": len(b), "trades": len(t)}
+
+
+def create_postgres_app_db(conninfo: str, users: int = 100, seed: int = 7) -> dict[str, int]:
+    """Create the app tables in the (empty) PostgreSQL database ``conninfo``; rows per table."""
+    import psycopg
+
+    u, b, t = rows(users, seed)
+    with psycopg.connect(conninfo) as conn, conn.cursor() as cur:
+        cur.execute(SCHEMA_SQL)
+        cur.executemany("INSERT INTO users VALUES (%s, %s, %s)", u)
+        cur.executemany("INSERT INTO bots VALUES (%s, %s, %s, %s, %s)", b)
+        cur.executemany("INSERT INTO trades VALUES (%s, %s, %s, %s, %s, %s, %s)", t)
     return {"users": len(u), "bots": len(b), "trades": len(t)}

@@ -95,7 +95,10 @@ def test_dr_config_env_var_and_embedded_defaults(
             "databases.0.url: contains a password",
         ),
         ("[platform]\nkind = 'nomad'", "platform.kind: Input should be 'local' or 'kubernetes'"),
-        ("[platform]\nworkloads = [{name='a'},{name='a'}]", "platform.workloads: workload names must be unique"),
+        (
+            "[platform]\nworkloads = [{name='a'},{name='a'}]",
+            "platform.workloads: workload names must be unique",
+        ),
         ("[dns]\nrecords = []", "dns.zone_id: Field required"),
         ("environment = ", "not valid TOML"),
     ],

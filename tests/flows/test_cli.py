@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,36 @@ def test_restore_by_backup_file_and_before(tmp_path: Path, app_db: Path) -> None
     out = json.loads(r.stdout)
     assert out["backup_id"] == first["backup_id"]
     assert out["kept_as"] is None
+
+
+def test_scenario_needs_consent_or_a_server(tmp_path: Path) -> None:
+    r = run_dr("scenario", "database-corruption", env={"PREFECT_API_URL": ""})
+    assert r.returncode == 2
+    assert "pauses for approval in the Prefect UI" in _one_line_error(r)
+    r = run_dr("scenario", "volcano", "--confirm")
+    assert r.returncode == 2
+    assert "unknown scenario 'volcano'" in _one_line_error(r)
+    bad = tmp_path / "dr.toml"
+    bad.write_text("[platform]\nkind = 'nomad'\n")
+    r = run_dr("scenario", "data-loss", "--config", str(bad), "--dry-run")
+    assert r.returncode == 2
+    assert "platform.kind" in _one_line_error(r)
+    r = run_dr("scenario", "data-loss", "--dry-run", "--param", "novalue")
+    assert r.returncode == 2
+    assert "expected key=value" in _one_line_error(r)
+
+
+@pytest.mark.slow
+def test_demo_recovers_the_demo_environment_twice(tmp_path: Path) -> None:
+    for _ in range(2):
+        r = run_dr("demo", cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "# database-corruption: recovered" in r.stdout
+        assert "/health says HTTP 503" in r.stdout  # it really was broken before
+        assert "| RTO (start → healthy) | 60 min |" in r.stdout
+    assert (tmp_path / "dr-demo" / "report.md").read_text().startswith("# database-corruption")
+    cluster = r.stdout.split("1. demo database postgresql://postgres@127.0.0.1:", 1)
+    if len(cluster) == 2:  # PostgreSQL was used: its throwaway cluster must be gone
+        port = int(cluster[1].split("/", 1)[0])
+        probe = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)], check=False)
+        assert probe.returncode != 0

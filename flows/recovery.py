@@ -1,0 +1,169 @@
+"""The recovery steps the scenarios share, in the runbook's words. Each function is a list of
+``run.step`` blocks over tasks; the scenario flows put them in their own order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, State
+
+from flows._scenario import BackupChoice, BackupStrategy, ScenarioRun
+from tasks import database as db_tasks
+from tasks import health as health_tasks
+from tasks import platform as platform_tasks
+from tasks.core.catalog import BackupEntry
+from tasks.core.config import CriticalQuery
+from tasks.core.errors import ConfigError, VerificationFailed
+
+__all__ = ["plan_only", "recover_database", "restore_from_backup", "select", "verify_service"]
+
+
+def select(
+    run: ScenarioRun, database: str, choice: BackupChoice, before: datetime | None = None
+) -> BackupEntry:
+    """Identify the recovery point: the chosen backup, or the newest good one before ``before``
+    (the incident, deletion or breach time)."""
+    if choice.strategy is BackupStrategy.backup_id and not choice.backup_id:
+        raise ConfigError("backup.strategy is backup_id but backup.backup_id is empty")
+    if choice.strategy is BackupStrategy.before and choice.before is None:
+        raise ConfigError("backup.strategy is before but backup.before is empty")
+    limit = choice.before if choice.strategy is BackupStrategy.before else before
+    with run.step("Select the backup", "Identify recovery point") as s:
+        entry = db_tasks.select_backup(
+            run.cfg,
+            database,
+            backup_id=choice.backup_id if choice.strategy is BackupStrategy.backup_id else None,
+            before=limit,
+        )
+        s.detail = run.describe_backup(entry)
+        run.report.backup = s.detail
+    return entry
+
+
+def restore_from_backup(
+    run: ScenarioRun,
+    database: str,
+    entry: BackupEntry,
+    *,
+    confirm: bool,
+    approval_timeout_s: int,
+    assessment: Sequence[str] = (),
+    extra_checks: Sequence[CriticalQuery] = (),
+) -> None:
+    """Approval -> safe restore (side copy, verify, switch) -> verify the live data."""
+    plan = db_tasks.plan_restore(run.cfg, database, entry)
+    with run.step("Approval") as s:
+        s.detail = "approved by " + run.approve(
+            [*assessment, *plan.describe()], confirm=confirm, timeout_s=approval_timeout_s
+        )
+    with run.step("Restore the database", "Restore database") as s:
+        result = db_tasks.restore_database(plan)
+        s.detail = f"{entry.backup_id} from {result.source} in {result.duration_s:.1f}s; " + (
+            f"previous database kept as {result.kept_as}"
+            if result.kept_as
+            else "target did not exist before"
+        )
+        if result.kept_as:
+            run.report.final_state.append(
+                f"previous database kept as {result.kept_as} (drop it once the incident is closed)"
+            )
+    with run.step("Verify the data", "Verify services") as s:
+        checks = db_tasks.verify_counts(run.cfg, database, entry, list(extra_checks))
+        run.report.checks.extend(checks)
+        bad = [c.name for c in checks if not c.ok]
+        s.detail = f"{len(checks) - len(bad)}/{len(checks)} checks passed"
+        if bad:
+            raise VerificationFailed(f"checks failed after the restore: {', '.join(bad[:5])}")
+
+
+def recover_database(
+    run: ScenarioRun,
+    database: str,
+    choice: BackupChoice,
+    *,
+    confirm: bool,
+    approval_timeout_s: int,
+    amcheck: bool,
+    before: datetime | None = None,
+    extra_checks: Sequence[CriticalQuery] = (),
+) -> None:
+    """Stop the application, assess the database, restore it, start the application again."""
+    workloads = [w.name for w in run.cfg.platform.workloads]
+    run.stop_workloads(workloads)
+    assessment: list[str] = []
+    if amcheck:
+        with run.step("Confirm the corruption", "Assess situation and scope") as s:
+            check = db_tasks.check_database(run.cfg, database)
+            select_one = "ok" if check.select_one else "failed"
+            s.detail = (
+                f"reachable={check.reachable}, SELECT 1 {select_one}, amcheck: {check.amcheck}"
+            )
+            assessment.append(f"assessment: {s.detail}")
+            if check.healthy:
+                assessment.append("NOTE: no corruption was detected; restore only if you are sure")
+    entry = select(run, database, choice, before)
+    restore_from_backup(
+        run,
+        database,
+        entry,
+        confirm=confirm,
+        approval_timeout_s=approval_timeout_s,
+        assessment=assessment,
+        extra_checks=extra_checks,
+    )
+    run.start_workloads()
+
+
+def verify_service(run: ScenarioRun) -> datetime:
+    """Health-check every configured URL until healthy (the end of the RTO clock)."""
+    if not run.cfg.health:
+        run.skip(
+            "Health check",
+            "Verify services",
+            "not configured",
+            "no health URLs in the config: readiness of the workloads is the last signal",
+        )
+        return datetime.now(UTC)
+    with run.step("Health check", "Verify services") as s:
+        results = health_tasks.check_health(run.cfg)
+        s.detail = "; ".join(f"{r.url}: {'healthy' if r.healthy else r.detail}" for r in results)
+        if not all(r.healthy for r in results):
+            raise VerificationFailed(
+                f"the application did not become healthy within "
+                f"{run.cfg.health_deadline_s:g}s: {s.detail}"
+            )
+    return datetime.now(UTC)
+
+
+def plan_only(
+    run: ScenarioRun,
+    database: str,
+    choice: BackupChoice,
+    before: datetime | None = None,
+    extra: Sequence[str] = (),
+) -> State[Any]:
+    """``dry_run``: resolve everything, publish the plan, change nothing."""
+    workloads = [w.name for w in run.cfg.platform.workloads]
+    lines = [f"# {run.scenario}: dry run (nothing changed)", ""]
+    if workloads:
+        replicas = platform_tasks.current_replicas(run.cfg, workloads)
+        lines.append("* stop: " + ", ".join(f"{n} (now {r})" for n, r in replicas.items()))
+    entry = select(run, database, choice, before)
+    plan = db_tasks.plan_restore(run.cfg, database, entry)
+    lines += [f"* {line}" for line in plan.describe()]
+    lines += [f"* {line}" for line in extra]
+    lines.append(
+        "* expected RTO: no restore test or drill has been recorded yet for this environment"
+    )
+    markdown = "\n".join(lines) + "\n"
+    create_markdown_artifact(
+        key=f"{run.scenario}-plan", markdown=markdown, description=f"Dry run: {run.scenario}"
+    )
+    run.report.outcome = "dry run: plan published, nothing changed"
+    return Completed(
+        message=run.report.outcome,
+        data={"scenario": run.scenario, "outcome": run.report.outcome, "report": markdown},
+    )

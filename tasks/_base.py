@@ -1,0 +1,44 @@
+"""How every Prefect task of this project is declared: never cached, retried only on
+TransientError (storage or cluster unreachable, timeouts); permanent errors fail at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+from tasks.core.errors import TransientError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _transient_only(task_: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    try:
+        state.result(raise_on_failure=True)
+    except TransientError:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+def dr_task(*, retries: int = 0, name: str | None = None) -> Callable[[F], F]:
+    """``@task`` with NO_CACHE (a restore must run every time it is called; notes/prefect.md §4)
+    and retries with backoff for transient errors only."""
+
+    def wrap(fn: F) -> F:
+        return task(  # type: ignore[return-value]
+            fn,
+            name=name or fn.__name__.replace("_", "-"),
+            cache_policy=NO_CACHE,
+            retries=retries,
+            retry_delay_seconds=[2, 10, 30][:retries] or 0,
+            retry_condition_fn=_transient_only if retries else None,
+            log_prints=True,
+        )
+
+    return wrap
