@@ -147,9 +147,11 @@ class Catalog:
                         v = None
                 return bid, m, v
 
-            workers = 1 if loc.name == "local" else 16  # S3: hide per-request latency
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for bid, m, v in pool.map(load, todo):
+            # S3: 16 threads hide per-request latency. Local reads are fast: there a pool only
+            # adds thread hand-offs (0.26 -> 0.18 s for 1,000 manifests, docs/benchmarks.md).
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                loaded = map(load, todo) if loc.name == "local" else pool.map(load, todo)
+                for bid, m, v in loaded:
                     if isinstance(m, IntegrityError):
                         problems.append(Problem(loc.url, bid, m))
                         continue

@@ -61,7 +61,7 @@ def check_database(
             return DatabaseCheck(True, False, f"corruption found: {exc}", str(exc))
         return DatabaseCheck(True, True, "ok", "PRAGMA integrity_check: ok")
     try:
-        with PostgresEngine(url).connect(what="check") as conn, pg_errors("run SELECT 1"):
+        with PostgresEngine(url).connect(what="check it") as conn, pg_errors("run SELECT 1"):
             conn.execute("SELECT 1").fetchone()
     except DRError as exc:
         reachable = "cannot run SELECT 1" in str(exc)
@@ -103,7 +103,7 @@ def run_critical_queries(url: DatabaseURL, queries: Sequence[CriticalQuery]) -> 
             for q in queries:
                 checks.append(_judge(q, lambda sql: sconn.execute(sql).fetchone()))
         return checks
-    with PostgresEngine(url).connect(what="run critical queries on") as conn:
+    with PostgresEngine(url).connect(what="run critical queries") as conn:
         for q in queries:
             checks.append(_judge(q, lambda sql: conn.execute(sql).fetchone()))
     return checks

@@ -27,7 +27,7 @@ def _counts(url: str) -> dict[str, int]:
         with closing(sqlite3.connect(f"file:{parsed.path}?mode=ro", uri=True, timeout=2)) as c:
             row = c.execute(query).fetchone()
     else:
-        with PostgresEngine(parsed).connect(what="serve") as conn:
+        with PostgresEngine(parsed).connect(what="serve the demo app") as conn:
             row = conn.execute(query).fetchone()
     assert row is not None
     return dict(zip(TABLES, (int(n) for n in row), strict=True))

@@ -101,21 +101,44 @@ def plan_restore(
     age = ((now or utcnow()) - m.consistent_at).total_seconds()
     if target.engine == "postgresql":
         eng = PostgresEngine(target)
+        kept = _free(eng.kept_name(m.backup_id), eng.database_exists, eng.kept_name, m.backup_id)
         return RestorePlan(
             entry,
             target,
             eng.database_exists(target.dbname),
             eng.side_name(m.backup_id),
-            eng.kept_name(m.backup_id),
+            kept,
             drop_existing,
             age,
         )
     assert target.path is not None
     side = target.path.with_name(f".{target.path.name}.restore-{short}")
-    keep = target.path.with_name(f"{target.path.name}.pre_restore_{short}")
+    path = target.path
+    keep = path.with_name(
+        _free(
+            f"{path.name}.pre_restore_{short}",
+            lambda n: path.with_name(n).exists(),
+            lambda bid: f"{path.name}.pre_restore_{bid.rsplit('-', 1)[-1]}",
+            m.backup_id,
+        )
+    )
     return RestorePlan(
         entry, target, target.path.exists(), str(side), str(keep), drop_existing, age
     )
+
+
+def _free(
+    first: str, exists: Callable[[str], bool], name_for: Callable[[str], str], backup_id: str
+) -> str:
+    """``first`` if nothing has that name yet, else the first free ``…_2``, ``…_3``: restoring
+    the same backup twice must never replace (or collide with) an earlier kept copy."""
+    if not exists(first):
+        return first
+    for n in range(2, 1000):
+        candidate = name_for(f"{backup_id}_{n}")
+        if not exists(candidate):
+            return candidate
+    raise ConfigError(f"too many kept copies named like {first}: drop old ones first")
 
 
 def _fetch(
@@ -166,6 +189,7 @@ def restore(
         finally:
             if not switched:
                 eng.drop_database(plan.side)
+                eng.drop_roles(roles)  # the cluster is left as it was found
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     kept: str | None = plan.keep_as if plan.target_exists else None

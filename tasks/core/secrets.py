@@ -53,7 +53,7 @@ def rotate_secrets(
         raise ConfigError("secrets.database_role needs a PostgreSQL database to rotate it on")
     password = new_secret_value()
     values[cfg.database_password_key] = password
-    conn = PostgresEngine(database).connect(autocommit=False, what="rotate the role password on")
+    conn = PostgresEngine(database).connect(autocommit=False, what="rotate the role password")
     try:
         with pg_errors(f"rotate the password of role {cfg.database_role}"):
             verifier = conn.pgconn.encrypt_password(

@@ -19,6 +19,7 @@ from psycopg import sql
 from tasks.core.backup import backup_database
 from tasks.core.catalog import Catalog
 from tasks.core.dburl import parse_database_url
+from tasks.core.engines.postgres import PostgresEngine
 from tasks.core.errors import ConsentRequired, PermanentError, VerificationFailed
 from tasks.core.manifest import Manifest
 from tasks.core.pgcluster import PgCluster
@@ -407,21 +408,37 @@ def test_restore_over_existing_database_keeps_it_unless_told_to_drop_it(
     assert _databases(pg, dbname) == sorted([dbname, f"{dbname}_pre_restore_{m.backup_id[-4:]}"])
 
 
-def test_restoring_the_same_backup_again_fails_but_leaves_the_database_open(
+def test_restoring_the_same_backup_again_keeps_both_earlier_copies(
     pg: PgCluster, dbname: str, tmp_path: Path
 ) -> None:
     url = pg.url_for(dbname)
     _seed(url)
     catalog, m = _backup(url, tmp_path / "backups")
-    kept = _restore(catalog, m.backup_id, url).kept_as
+    first = _restore(catalog, m.backup_id, url).kept_as
     psql(url, "DELETE FROM items WHERE id > 10")
 
-    # the name to keep the current database under is taken by the first restore's copy
-    with pytest.raises(PermanentError, match=f'"{kept}" already exists'):
-        _restore(catalog, m.backup_id, url, drop_existing=True)
+    second = _restore(catalog, m.backup_id, url).kept_as
 
-    assert _items(url) == "10:55"  # still accepts connections, still the current data
-    assert _databases(pg, dbname) == sorted([dbname, str(kept)])
+    assert second == f"{first}_2"  # the first kept copy is neither replaced nor in the way
+    assert _items(url) == "100:5050"
+    assert _items(pg.url_for(str(second))) == "10:55"
+    assert _databases(pg, dbname) == sorted([dbname, str(first), str(second)])
+
+
+def test_a_failed_switch_leaves_the_database_open_and_current(
+    pg: PgCluster, dbname: str, tmp_path: Path
+) -> None:
+    url = pg.url_for(dbname)
+    _seed(url)
+    psql(pg.url, f'CREATE DATABASE "{dbname}_side"')
+    psql(pg.url, f'CREATE DATABASE "{dbname}_taken"')
+    engine = PostgresEngine(parse_database_url(url))
+
+    with pytest.raises(PermanentError, match=f'"{dbname}_taken" already exists'):
+        engine.switch(f"{dbname}_side", f"{dbname}_taken")
+
+    assert _items(url) == "100:5050"  # still accepts connections, still the current data
+    assert psql(pg.url, f"SELECT datallowconn FROM pg_database WHERE datname = '{dbname}'") == "t"
 
 
 def test_database_settings_apply_after_the_restore(
@@ -505,3 +522,42 @@ def test_counts_come_from_the_dumped_snapshot_while_writes_continue(
         ("public.items", in_backup)
     ]
     assert psql(target, "SELECT count(*) FROM items") == str(in_backup)
+
+
+def test_existing_roles_are_never_altered(pg: PgCluster, dbname: str, tmp_path: Path) -> None:
+    grp, member = f"{dbname}_grp", f"{dbname}_member"
+    url = pg.url_for(dbname)
+    psql(pg.url, f"CREATE ROLE {grp} NOLOGIN; CREATE ROLE {member} NOLOGIN IN ROLE {grp}")
+    psql(url, f"CREATE TABLE t (id int); ALTER TABLE t OWNER TO {member}")
+    catalog, m = _backup(url, tmp_path / "backups")
+    psql(pg.url, f"REVOKE {grp} FROM {member}")  # e.g. revoked during a breach response
+
+    result = _restore(catalog, m.backup_id, pg.url_for(f"{dbname}_copy"))
+
+    assert result.roles_created == []
+    assert (
+        psql(
+            pg.url,
+            f"SELECT count(*) FROM pg_auth_members m JOIN pg_roles g ON "
+            f"g.oid = m.roleid WHERE g.rolname = '{grp}'",
+        )
+        == "0"
+    )
+
+
+def test_roles_created_for_a_failed_restore_are_dropped_again(
+    pg: PgCluster, dbname: str, tmp_path: Path
+) -> None:
+    role = f"{dbname}_owner"
+    url = pg.url_for(dbname)
+    psql(pg.url, f"CREATE ROLE {role} NOLOGIN")
+    psql(url, f"CREATE TABLE t AS SELECT 1 AS id; ALTER TABLE t OWNER TO {role}")
+    catalog, m = _backup(url, tmp_path / "backups")
+    forged = m.model_copy(update={"counts": {"public.t": 2}})
+    catalog.locations[0].put(f"{m.backup_id}/manifest.json", forged.to_bytes())
+
+    with PgCluster() as fresh:
+        with pytest.raises(VerificationFailed):
+            _restore(catalog, m.backup_id, fresh.url_for("app"))
+        assert psql(fresh.url, f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}'") == "0"
+        assert psql(fresh.url, "SELECT count(*) FROM pg_database WHERE datname LIKE 'app%'") == "0"

@@ -321,3 +321,27 @@ def test_demo_recovers_the_demo_environment_twice(tmp_path: Path) -> None:
         port = int(cluster[1].split("/", 1)[0])
         probe = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)], check=False)
         assert probe.returncode != 0
+
+
+def test_sqlite_restoring_twice_keeps_every_previous_copy(tmp_path: Path, app_db: Path) -> None:
+    summary = _backup(tmp_path, app_db)
+    target = tmp_path / "t.db"
+    kept = []
+    for users in (3, 4):
+        create_sqlite_app_db(target, users=users)
+        r = run_dr(
+            "restore",
+            "--database-url",
+            f"sqlite:///{target}",
+            "--backup-id",
+            str(summary["backup_id"]),
+            "--confirm",
+            "--json",
+            "--backup-dir",
+            str(tmp_path / "backups"),
+        )
+        assert r.returncode == 0, r.stderr
+        kept.append(Path(json.loads(r.stdout)["kept_as"]))
+    assert kept[1] == kept[0].with_name(kept[0].name + "_2")
+    assert [len(p.read_bytes()) > 0 for p in kept] == [True, True]
+    assert _sha(kept[0]) != _sha(kept[1])  # 3 users vs 4 users: both versions survive

@@ -93,32 +93,41 @@ class DumpInfo:
 
 # Every role an object of the current database references: owners, grantees, policy roles,
 # default privileges; then, transitively, the roles those are members of.
+# Every role an object of the current database references: owners, grantees, policy roles,
+# default privileges; then, transitively, the roles those are members of. Built-in objects
+# (OID below FirstNormalObjectId, 16384) are skipped, as pg_dump skips them, so that the
+# bootstrap superuser is captured only when a user object really references it.
 _ROLES_SQL = """
 WITH RECURSIVE refs(oid) AS (
     SELECT datdba FROM pg_database WHERE datname = current_database()
     UNION SELECT (aclexplode(datacl)).grantee FROM pg_database
           WHERE datname = current_database() AND datacl IS NOT NULL
-    UNION SELECT nspowner FROM pg_namespace
+    UNION SELECT nspowner FROM pg_namespace WHERE oid >= 16384
     UNION SELECT (aclexplode(nspacl)).grantee FROM pg_namespace WHERE nspacl IS NOT NULL
-    UNION SELECT relowner FROM pg_class
-    UNION SELECT (aclexplode(relacl)).grantee FROM pg_class WHERE relacl IS NOT NULL
-    UNION SELECT (aclexplode(attacl)).grantee FROM pg_attribute WHERE attacl IS NOT NULL
-    UNION SELECT proowner FROM pg_proc
-    UNION SELECT (aclexplode(proacl)).grantee FROM pg_proc WHERE proacl IS NOT NULL
-    UNION SELECT typowner FROM pg_type
-    UNION SELECT (aclexplode(typacl)).grantee FROM pg_type WHERE typacl IS NOT NULL
+          AND nspname NOT IN ('pg_catalog', 'information_schema')
+    UNION SELECT relowner FROM pg_class WHERE oid >= 16384
+    UNION SELECT (aclexplode(relacl)).grantee FROM pg_class
+          WHERE relacl IS NOT NULL AND oid >= 16384
+    UNION SELECT (aclexplode(attacl)).grantee FROM pg_attribute
+          WHERE attacl IS NOT NULL AND attrelid >= 16384
+    UNION SELECT proowner FROM pg_proc WHERE oid >= 16384
+    UNION SELECT (aclexplode(proacl)).grantee FROM pg_proc
+          WHERE proacl IS NOT NULL AND oid >= 16384
+    UNION SELECT typowner FROM pg_type WHERE oid >= 16384
+    UNION SELECT (aclexplode(typacl)).grantee FROM pg_type
+          WHERE typacl IS NOT NULL AND oid >= 16384
     UNION SELECT lomowner FROM pg_largeobject_metadata
     UNION SELECT (aclexplode(lomacl)).grantee FROM pg_largeobject_metadata
           WHERE lomacl IS NOT NULL
     UNION SELECT unnest(polroles) FROM pg_policy
     UNION SELECT defaclrole FROM pg_default_acl
     UNION SELECT (aclexplode(defaclacl)).grantee FROM pg_default_acl
-    UNION SELECT extowner FROM pg_extension
-    UNION SELECT collowner FROM pg_collation
-    UNION SELECT oprowner FROM pg_operator
-    UNION SELECT opcowner FROM pg_opclass
-    UNION SELECT opfowner FROM pg_opfamily
-    UNION SELECT conowner FROM pg_conversion
+    UNION SELECT extowner FROM pg_extension WHERE oid >= 16384
+    UNION SELECT collowner FROM pg_collation WHERE oid >= 16384
+    UNION SELECT oprowner FROM pg_operator WHERE oid >= 16384
+    UNION SELECT opcowner FROM pg_opclass WHERE oid >= 16384
+    UNION SELECT opfowner FROM pg_opfamily WHERE oid >= 16384
+    UNION SELECT conowner FROM pg_conversion WHERE oid >= 16384
     UNION SELECT stxowner FROM pg_statistic_ext
     UNION SELECT evtowner FROM pg_event_trigger
     UNION SELECT fdwowner FROM pg_foreign_data_wrapper
@@ -203,10 +212,12 @@ class PostgresEngine:
     # ---- connections -------------------------------------------------------------------------
 
     def connect(
-        self, dbname: str | None = None, *, autocommit: bool = True, what: str = "connect"
+        self, dbname: str | None = None, *, autocommit: bool = True, what: str = ""
     ) -> psycopg.Connection[Any]:
+        """A connection to ``dbname`` (default: the URL's); ``what`` names the purpose for the
+        error message ("cannot connect to <url> to <what>: ...")."""
         target = self.url if dbname is None else self.url.with_dbname(dbname)
-        with pg_errors(f"{what} to {target}"):
+        with pg_errors(f"connect to {target}" + (f" to {what}" if what else "")):
             return psycopg.connect(
                 target.conninfo,
                 autocommit=autocommit,
@@ -224,7 +235,7 @@ class PostgresEngine:
         self, write: Callable[[bytes], None], progress: Callable[[int], None] | None = None
     ) -> DumpInfo:
         """Stream a ``pg_dump -Fc -Z0`` archive of the database to ``write``."""
-        conn = self.connect(autocommit=False, what="open a snapshot on")
+        conn = self.connect(autocommit=False, what="take a snapshot")
         try:
             with pg_errors(f"read the catalog of {self.url}"):
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -260,7 +271,16 @@ class PostgresEngine:
                 f"--snapshot={snapshot}",
                 "--no-password",
             ]
-            self._run_streaming(args, write, progress, after_start=counter.start)
+            try:
+                self._run_streaming(args, write, progress, after_start=counter.start)
+            except CommandFailed as exc:
+                # a failed count aborts the snapshot's transaction, and pg_dump then fails on
+                # the snapshot: the count's error is the one that says what went wrong
+                if counter.is_alive() or counter.ident is not None:
+                    counter.join()
+                if "error" in counted:
+                    raise counted["error"] from exc
+                raise
             counter.join()
             if "error" in counted:
                 raise counted["error"]
@@ -308,18 +328,18 @@ class PostgresEngine:
     # ---- restore -----------------------------------------------------------------------------
 
     def ensure_roles(self, roles: tuple[Role, ...]) -> list[str]:
-        """Create the roles the backup references that the target cluster lacks (no password:
-        set one with ALTER ROLE or the security-breach scenario), then their memberships.
-        Existing roles are never altered. Returns the names created."""
+        """Create the roles the backup references that the target cluster lacks, with their
+        attributes and memberships but no password (set one with ALTER ROLE, or let the
+        security-breach scenario rotate it). All or nothing, in one transaction. Roles that
+        already exist are never altered, memberships included. Returns the names created."""
         created: list[str] = []
         with (
-            self.connect(MAINTENANCE_DB, what="create roles on") as conn,
-            pg_errors(f"create roles on {self.url.with_dbname(MAINTENANCE_DB)}"),
+            self.connect(MAINTENANCE_DB, autocommit=False, what="create roles") as conn,
+            pg_errors("create the backup's roles"),
         ):
             existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
-            for role in roles:
-                if role.name in existing:
-                    continue
+            missing = [role for role in roles if role.name not in existing]
+            for role in missing:
                 opts = [
                     ("SUPERUSER" if role.superuser else "NOSUPERUSER"),
                     ("INHERIT" if role.inherit else "NOINHERIT"),
@@ -337,16 +357,8 @@ class PostgresEngine:
                     )
                 )
                 created.append(role.name)
-            for role in roles:
+            for role in missing:
                 for group, admin in role.member_of:
-                    has = conn.execute(
-                        "SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
-                        "JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = %s "
-                        "AND u.rolname = %s",
-                        (group, role.name),
-                    ).fetchone()
-                    if has:
-                        continue
                     conn.execute(
                         sql.SQL("GRANT {} TO {}{}").format(
                             sql.Identifier(group),
@@ -354,11 +366,21 @@ class PostgresEngine:
                             sql.SQL(" WITH ADMIN OPTION" if admin else ""),
                         )
                     )
+            conn.commit()
         return created
+
+    def drop_roles(self, names: list[str]) -> None:
+        """Undo ``ensure_roles`` after a failed restore (roles still owning something stay)."""
+        if not names:
+            return
+        with self.connect(MAINTENANCE_DB, what="drop roles") as conn:
+            for name in reversed(names):
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
     def database_exists(self, name: str) -> bool:
         with (
-            self.connect(MAINTENANCE_DB, what="look up databases on") as conn,
+            self.connect(MAINTENANCE_DB, what="look up databases") as conn,
             pg_errors("look up databases"),
         ):
             return (
@@ -376,7 +398,7 @@ class PostgresEngine:
         """Create the empty side database with the source database's properties (its
         settings come after the restore: ``apply_settings``)."""
         with (
-            self.connect(MAINTENANCE_DB, what="create a database on") as conn,
+            self.connect(MAINTENANCE_DB, what="create a database") as conn,
             pg_errors(f"create side database {name}"),
         ):
             _terminate(conn, name)
@@ -417,7 +439,7 @@ class PostgresEngine:
         if props is None or not props.settings:
             return
         with (
-            self.connect(MAINTENANCE_DB, what="configure a database on") as conn,
+            self.connect(MAINTENANCE_DB, what="configure a database") as conn,
             pg_errors(f"apply the settings of database {name}"),
         ):
             for setting in props.settings:
@@ -484,7 +506,7 @@ class PostgresEngine:
 
     def verify_side(self, name: str, manifest: Manifest) -> dict[str, tuple[int, int | None]]:
         """Count every table of the manifest in ``name``: table -> (expected, actual or None)."""
-        with self.connect(name, what="verify") as conn, pg_errors(f"verify {name}"):
+        with self.connect(name, what="verify it") as conn, pg_errors(f"verify {name}"):
             conn.execute("SET row_security = off")
             actual = count_rows(conn)
             row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
@@ -499,7 +521,7 @@ class PostgresEngine:
 
     def drop_database(self, name: str) -> None:
         with (
-            self.connect(MAINTENANCE_DB, what="drop a database on") as conn,
+            self.connect(MAINTENANCE_DB, what="drop a database") as conn,
             pg_errors(f"drop database {name}"),
         ):
             _terminate(conn, name)
@@ -512,7 +534,7 @@ class PostgresEngine:
         terminated first, new connections to the current one are refused while we switch."""
         target = self.url.dbname
         with (
-            self.connect(MAINTENANCE_DB, what="switch databases on") as conn,
+            self.connect(MAINTENANCE_DB, what="switch databases") as conn,
             pg_errors(f"switch {side} into place as {target}"),
         ):
             exists = (
@@ -617,5 +639,8 @@ def _properties(r: tuple[Any, ...] | None) -> DatabaseProperties:
 
 
 def _last_line(stderr: bytes) -> str:
-    lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
-    return redact(lines[-1].strip()) if lines else "no error output"
+    """The line that says what went wrong: the last ``error:`` line, else the last line."""
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln or "FATAL:" in ln or "ERROR:" in ln]
+    chosen = errors[-1] if errors else (lines[-1] if lines else "no error output")
+    return redact(chosen)
