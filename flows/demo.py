@@ -1,9 +1,10 @@
 """``dr demo``: the database-corruption scenario end to end on one machine, on embedded defaults.
 
 A demo environment in ``./dr-demo``: the app database (users, bots, trades) on a throwaway local
-PostgreSQL cluster in the temp dir (or SQLite when PostgreSQL's server binaries are absent), the demo app as a
-local process serving ``/health``, and a ``dr.toml`` describing both. Then: back up, corrupt the
-database (the app turns unhealthy), run database-corruption with ``confirm``, print the report.
+PostgreSQL cluster in the temp dir (or SQLite when PostgreSQL's server binaries are absent),
+the demo app as a local process serving ``/health``, and a ``dr.toml`` describing both. Then:
+back up, corrupt the database (the app turns unhealthy), run database-corruption with
+``confirm``, print the report.
 Everything it started is stopped at the end; it can run again at once.
 """
 

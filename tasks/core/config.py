@@ -155,7 +155,7 @@ class SecretsConfig(_Model):
 
 class Notification(_Model):
     audience: Audience = "on-call"
-    block: str | None = None  # a Prefect notification block, by name
+    block: str | None = None  # a Prefect notification block, "<type>/<name>": "slack-webhook/dr"
     webhook_url_env: str | None = None  # or a plain webhook whose URL is in this variable
 
 

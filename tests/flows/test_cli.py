@@ -345,3 +345,24 @@ def test_sqlite_restoring_twice_keeps_every_previous_copy(tmp_path: Path, app_db
     assert kept[1] == kept[0].with_name(kept[0].name + "_2")
     assert [len(p.read_bytes()) > 0 for p in kept] == [True, True]
     assert _sha(kept[0]) != _sha(kept[1])  # 3 users vs 4 users: both versions survive
+
+
+@pytest.mark.slow
+def test_scenario_dry_run_prints_the_plan(tmp_path: Path, app_db: Path) -> None:
+    summary = _backup(tmp_path, app_db)
+    config = tmp_path / "dr.toml"
+    config.write_text(f'[[databases]]\nname = "main"\nurl = "sqlite:///{app_db}"\n')
+    r = run_dr(
+        "scenario",
+        "data-loss",
+        "--config",
+        str(config),
+        "--dry-run",
+        "--param",
+        "deleted_at=2999-01-01T00:00:00Z",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "# data-loss: dry run (nothing changed)" in r.stdout
+    assert str(summary["backup_id"]) in r.stdout

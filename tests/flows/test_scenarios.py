@@ -3,6 +3,7 @@ emulator driven by the real client, the demo app as the health endpoint, a webho
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from flows.data_loss import data_loss
 from flows.database_corruption import database_corruption
 from flows.infrastructure_loss import infrastructure_loss
 from flows.security_breach import security_breach
-from tasks.core.pgcluster import PgCluster
+from tasks.core.config import load_config
+from tasks.core.environment import build_platform
+from tasks.core.pgcluster import PgCluster, free_port
+from tasks.core.platform import ScaleState
 from tests.flows.conftest import AppEnv, artifacts, logs, resume_when_paused
 
 pytestmark = pytest.mark.timeout(240)
@@ -271,3 +275,105 @@ def test_infrastructure_loss_rebuilds_from_s3_on_a_new_cluster(
         assert "api.cryptoorchestrator.com CNAME lb-new.example.com: INSYNC" in report
         assert "| terraform apply | ⚪ not configured |" in report
         assert app_env.replicas() == 2
+
+
+def test_approval_timeout_restores_the_scale(app_env: AppEnv) -> None:
+    app_env.backup()
+    state = database_corruption(config=str(app_env.config), approval_timeout_s=2, return_state=True)
+    # Prefect itself fails a run whose pause timed out; what matters is what was left behind
+    assert not state.is_completed()
+    assert _scale_writes(app_env) == [0, 3]
+    report = artifacts(state)["database-corruption-report"]
+    assert "stopped: no approval within 2s: nothing was restored" in report
+    assert "workloads back at their previous scale: backend=3" in report
+
+
+def test_one_recovery_per_environment_at_a_time(app_env: AppEnv) -> None:
+    from prefect import get_client
+    from prefect.concurrency.sync import concurrency
+
+    name = f"dr-recovery-test-{app_env.dbname}"
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    with concurrency(name, occupy=1, strict=True):  # another recovery holds the environment
+        state = database_corruption(config=str(app_env.config), confirm=True, return_state=True)
+    assert state.is_failed()
+    assert f"another recovery of environment 'test-{app_env.dbname}' is running" in str(
+        state.result(raise_on_failure=False)
+    )
+    assert _scale_writes(app_env) == []  # nothing was touched
+
+
+def test_notifications_through_a_prefect_block(app_env: AppEnv) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    CustomWebhookNotificationBlock(
+        name="dr-oncall",
+        url=app_env.webhook.url,
+        json_data={"subject": "{{subject}}", "text": "{{body}}"},
+    ).save("dr-oncall", overwrite=True)
+    app_env.write_config(
+        notifications='[[notifications]]\naudience = "on-call"\n'
+        'block = "custom-webhook/dr-oncall"\n'
+    )
+    state = database_corruption(
+        config=str(app_env.config), dry_run=False, confirm=True, return_state=True
+    )  # no backup: fails, and says so
+    assert state.is_failed()
+    subjects = app_env.webhook.subjects()
+    assert subjects[0].endswith("database-corruption started")
+    assert "database-corruption: FAILED: no good backup" in subjects[-1]
+
+
+@pytest.mark.parametrize(
+    "scenario", ["database-corruption", "data-loss", "security-breach", "infrastructure-loss"]
+)
+def test_every_scenario_runs_on_the_local_platform(app_env: AppEnv, scenario: str) -> None:
+    """No Kubernetes, no AWS: a local process as the application, a local backup dir."""
+    local_port = free_port()
+    app_env.write_config(
+        storage='[storage]\nbackup_dir = "backups"\n',
+        platform=(
+            '[platform]\nkind = "local"\nstate_dir = "state"\nready_timeout_s = 20\n'
+            '[[platform.workloads]]\nname = "backend"\nkind = "process"\n'
+            f'command = ["{sys.executable}", "-m", "tasks.core.demoapp", '
+            f'"--port", "{local_port}"]\n'
+            f'env = {{ DATABASE_URL = "{app_env.url}" }}\n'
+            f'health_url = "http://127.0.0.1:{local_port}/health"\n'
+        ),
+        health=f'[[health]]\nurl = "http://127.0.0.1:{local_port}/health"\n',
+        secrets='[secrets]\nkubernetes_secret = "app-secrets"\nrotate_keys = ["JWT_SECRET"]\n',
+        notifications="",
+    )
+
+    platform = build_platform(load_config(app_env.config))
+    platform.scale_up(ScaleState({"backend": 1}))
+    try:
+        platform.wait_ready({"backend": 1}, 20)
+        app_env.backup()
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        _corrupt(app_env)
+        flows = {
+            "database-corruption": lambda: database_corruption(
+                config=str(app_env.config), confirm=True, return_state=True
+            ),
+            "data-loss": lambda: data_loss(
+                deleted_at=later, config=str(app_env.config), confirm=True, return_state=True
+            ),
+            "security-breach": lambda: security_breach(
+                breach_at=later, config=str(app_env.config), confirm=True, return_state=True
+            ),
+            "infrastructure-loss": lambda: infrastructure_loss(
+                config=str(app_env.config), confirm=True, return_state=True
+            ),
+        }
+        state = flows[scenario]()
+        assert state.is_completed(), state.message
+        assert app_env.sql("SELECT count(*) FROM trades") == "1000"
+        assert platform.replicas(["backend"]) == {"backend": 1}
+        report = artifacts(state)[f"{scenario}-report"]
+        if scenario == "infrastructure-loss":
+            assert "| Apply manifests | ⚪ not configured |" in report
+            assert "| Update DNS | ⚪ not configured |" in report
+    finally:
+        platform.scale_down(["backend"])
