@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +98,17 @@ class ScenarioRun:
         if s.status == "running":
             self.report.end(s, "ok", s.detail)
         self.publish_checklist()
+
+    def optional(
+        self, name: str, checklist: str | None, missing: str | None, action: Callable[[], str]
+    ) -> None:
+        """A step that runs only when configured: ``missing`` says what is not (the step is
+        then shown as "not configured"); otherwise ``action`` runs and returns the detail."""
+        if missing is not None:
+            self.skip(name, checklist, "not configured", missing)
+            return
+        with self.step(name, checklist) as s:
+            s.detail = action()
 
     def skip(self, name: str, checklist: str | None, status: StepStatus, detail: str) -> None:
         s = self.report.begin(name, checklist)
@@ -223,6 +234,21 @@ class ScenarioRun:
             f"{age((datetime.now(UTC) - m.consistent_at).total_seconds())} old, "
             f"in {', '.join(entry.location_names())})"
         )
+
+    # ---- the whole recovery --------------------------------------------------------------------
+
+    def execute(
+        self, steps: Callable[[], tuple[datetime, list[str]]], *, keep_down: bool, started: str
+    ) -> State[Any]:
+        """Run a scenario's ``steps`` under the environment lock: notify the start, then
+        succeed with the (healthy time, final state) they return, or take the failure path."""
+        with self.recovery_lock():
+            self.notify(f"{self.scenario} started", started)
+            try:
+                healthy_at, final_state = steps()
+            except Exception as exc:  # the failure path restores the scale and reports
+                return self.fail(exc, keep_down=keep_down)
+            return self.succeed(healthy_at, final_state)
 
     # ---- endings ------------------------------------------------------------------------------
 

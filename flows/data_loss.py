@@ -7,11 +7,10 @@ restore -> verify (counts + the caller's check queries) -> restart -> report
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow
 from prefect.states import State
-from pydantic import Field
 
 from flows._scenario import BackupChoice, ScenarioRun
 from flows.recovery import plan_only, recover_database, verify_service
@@ -20,54 +19,53 @@ from tasks.core.config import CriticalQuery
 
 @flow(name="data-loss", log_prints=True)
 def data_loss(
-    deleted_at: Annotated[
-        datetime,
-        Field(
-            description="When the data was deleted (UTC): the backup used "
-            "is the newest one taken before this"
-        ),
-    ],
+    deleted_at: datetime,
     config: str = "",
     database: str = "main",
     backup: BackupChoice = BackupChoice(),
-    checks: Annotated[
-        tuple[CriticalQuery, ...],
-        Field(
-            description="Queries that must hold after "
-            "the restore, e.g. rows created before the deletion",
-        ),
-    ] = (),
+    checks: tuple[CriticalQuery, ...] = (),
     confirm: bool = False,
     dry_run: bool = False,
     keep_down_on_failure: bool = False,
     approval_timeout_s: int = 3600,
 ) -> State[Any]:
-    """Bring back data deleted by mistake from the newest backup taken before the deletion."""
+    """Bring back data deleted by mistake from the newest backup taken before the deletion.
+
+    Args:
+        deleted_at: when the data was deleted (UTC); the newest backup before it is used
+        config: path of the environment's dr.toml (empty: $DR_CONFIG or the local defaults)
+        database: which database of the config
+        backup: override the choice: a given backup id, or the newest before another time
+        checks: queries that must hold after the restore, e.g. rows created before the deletion
+        confirm: approve up front (automation); otherwise the run pauses for approval
+        dry_run: resolve and publish the plan; change nothing
+        keep_down_on_failure: leave the application stopped if the recovery fails
+        approval_timeout_s: how long to wait for approval before giving up (nothing restored)
+    """
     run = ScenarioRun("data-loss", config, locals(), deleted_at)
     if dry_run:
         return plan_only(run, database, backup, before=deleted_at)
-    with run.recovery_lock():
-        run.notify("data-loss recovery started", f"database {database}, deleted at {deleted_at}")
-        try:
-            recover_database(
-                run,
-                database,
-                backup,
-                confirm=confirm,
-                approval_timeout_s=approval_timeout_s,
-                amcheck=False,
-                before=deleted_at,
-                extra_checks=checks,
-            )
-            healthy_at = verify_service(run)
-        except Exception as exc:
-            return run.fail(exc, keep_down=keep_down_on_failure)
-        return run.succeed(
-            healthy_at,
-            [
-                f"database {database} restored to its state before {deleted_at:%Y-%m-%d %H:%M:%SZ}",
-                "application running at its previous scale",
-                "changes made after the backup and before the deletion "
-                "must be re-applied from the previous database if needed",
-            ],
+
+    def steps() -> tuple[datetime, list[str]]:
+        recover_database(
+            run,
+            database,
+            backup,
+            confirm=confirm,
+            approval_timeout_s=approval_timeout_s,
+            amcheck=False,
+            before=deleted_at,
+            extra_checks=checks,
         )
+        return verify_service(run), [
+            f"database {database} restored to its state before {deleted_at:%Y-%m-%d %H:%M:%SZ}",
+            "application running at its previous scale",
+            "changes made after the backup and before the deletion must be re-applied from "
+            "the previous database if needed",
+        ]
+
+    return run.execute(
+        steps,
+        keep_down=keep_down_on_failure,
+        started=f"database {database}, deleted at {deleted_at}",
+    )

@@ -27,25 +27,34 @@ def database_corruption(
     keep_down_on_failure: bool = False,
     approval_timeout_s: int = 3600,
 ) -> State[Any]:
-    """Restore a corrupted database from a verified backup and bring the application back."""
+    """Restore a corrupted database from a verified backup and bring the application back.
+
+    Args:
+        config: path of the environment's dr.toml (empty: $DR_CONFIG or the local defaults)
+        database: which database of the config
+        backup: which backup: the latest good one, a given id, or the newest before a time
+        incident_at: when the corruption happened (UTC), for the RPO; default: now
+        confirm: approve up front (automation); otherwise the run pauses for approval
+        dry_run: resolve and publish the plan; change nothing
+        keep_down_on_failure: leave the application stopped if the recovery fails
+        approval_timeout_s: how long to wait for approval before giving up (nothing restored)
+    """
     run = ScenarioRun("database-corruption", config, locals(), incident_at)
     if dry_run:
         return plan_only(run, database, backup)
-    with run.recovery_lock():
-        run.notify("database-corruption started", f"database {database}")
-        try:
-            recover_database(
-                run,
-                database,
-                backup,
-                confirm=confirm,
-                approval_timeout_s=approval_timeout_s,
-                amcheck=True,
-            )
-            healthy_at = verify_service(run)
-        except Exception as exc:  # the failure path restores the scale and reports
-            return run.fail(exc, keep_down=keep_down_on_failure)
-        return run.succeed(
-            healthy_at,
-            [f"database {database} restored and live", "application running at its previous scale"],
+
+    def steps() -> tuple[datetime, list[str]]:
+        recover_database(
+            run,
+            database,
+            backup,
+            confirm=confirm,
+            approval_timeout_s=approval_timeout_s,
+            amcheck=True,
         )
+        return verify_service(run), [
+            f"database {database} restored and live",
+            "application running at its previous scale",
+        ]
+
+    return run.execute(steps, keep_down=keep_down_on_failure, started=f"database {database}")

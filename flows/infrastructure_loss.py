@@ -31,7 +31,17 @@ def infrastructure_loss(
     dry_run: bool = False,
     approval_timeout_s: int = 3600,
 ) -> State[Any]:
-    """Rebuild the environment from nothing but its backups and its configuration."""
+    """Rebuild the environment from nothing but its backups and its configuration.
+
+    Args:
+        config: path of the environment's dr.toml (empty: $DR_CONFIG or the local defaults)
+        database: which database of the config
+        backup: which backup: the latest good one, a given id, or the newest before a time
+        incident_at: when the infrastructure was lost (UTC), for the RPO; default: now
+        confirm: approve up front (automation); otherwise the run pauses for approval
+        dry_run: resolve and publish the plan; change nothing
+        approval_timeout_s: how long to wait for approval before giving up (nothing restored)
+    """
     run = ScenarioRun("infrastructure-loss", config, locals(), incident_at)
     if dry_run:
         return plan_only(
@@ -45,66 +55,60 @@ def infrastructure_loss(
             ],
         )
     cfg = run.cfg
-    with run.recovery_lock():
-        run.notify("infrastructure-loss recovery started", f"environment {cfg.environment}")
-        try:
-            with run.step("Assess backups", "Assess situation and scope") as s:
-                backups = db_tasks.list_backups(cfg)
-                if not backups:
-                    raise BackupNotFound("no backup is reachable in any location")
-                newest = backups[0]
-                where = sorted({n for b in backups for n in b.location_names()})
-                s.detail = (
-                    f"{len(backups)} backups reachable in {', '.join(where)}; newest "
-                    f"{newest.backup_id}, "
-                    f"{age(_seconds_since(newest.manifest.consistent_at))} old"
-                )
-            if cfg.platform.manifests_dir is None:
-                run.skip(
-                    "Apply manifests",
-                    "Provision infrastructure (if needed)",
-                    "not configured",
-                    "platform.manifests_dir is not set",
-                )
-            else:
-                with run.step("Apply manifests", "Provision infrastructure (if needed)") as s:
-                    applied = infra.apply_manifests(cfg)
-                    s.detail = f"{len(applied)} objects: {', '.join(applied[:8])}"
-            if cfg.platform.terraform_dir is None:
-                run.skip(
-                    "terraform apply",
-                    "Provision infrastructure (if needed)",
-                    "not configured",
-                    "platform.terraform_dir is not set",
-                )
-            else:
-                with run.step("terraform apply", "Provision infrastructure (if needed)") as s:
-                    s.detail = infra.run_terraform(cfg)
-            entry = select(run, database, backup)
-            restore_from_backup(
-                run, database, entry, confirm=confirm, approval_timeout_s=approval_timeout_s
-            )
-            run.start_workloads(
-                {w.name: w.replicas for w in cfg.platform.workloads}, name="Deploy the application"
-            )
-            if cfg.dns is None:
-                run.skip(
-                    "Update DNS",
-                    "Update DNS (if needed)",
-                    "not configured",
-                    "no [dns] in the config",
-                )
-            else:
-                with run.step("Update DNS", "Update DNS (if needed)") as s:
-                    change = infra.update_dns(cfg)
-                    s.detail = f"{'; '.join(change.records)}: {change.status}"
-            healthy_at = verify_service(run)
-        except Exception as exc:
-            return run.fail(exc, keep_down=True)
-        return run.succeed(
-            healthy_at,
-            ["environment rebuilt and serving", "watch error rates while DNS caches expire"],
+
+    def assess() -> str:
+        backups = db_tasks.list_backups(cfg)
+        if not backups:
+            raise BackupNotFound("no backup is reachable in any location")
+        newest = backups[0]
+        where = sorted({n for b in backups for n in b.location_names()})
+        return (
+            f"{len(backups)} backups reachable in {', '.join(where)}; newest "
+            f"{newest.backup_id}, {age(_seconds_since(newest.manifest.consistent_at))} old"
         )
+
+    def apply_manifests() -> str:
+        applied = infra.apply_manifests(cfg)
+        return f"{len(applied)} objects: {', '.join(applied[:8])}"
+
+    def update_dns() -> str:
+        change = infra.update_dns(cfg)
+        return f"{'; '.join(change.records)}: {change.status}"
+
+    def steps() -> tuple[datetime, list[str]]:
+        run.optional("Assess backups", "Assess situation and scope", None, assess)
+        run.optional(
+            "Apply manifests",
+            "Provision infrastructure (if needed)",
+            None if cfg.platform.manifests_dir else "platform.manifests_dir is not set",
+            apply_manifests,
+        )
+        run.optional(
+            "terraform apply",
+            "Provision infrastructure (if needed)",
+            None if cfg.platform.terraform_dir else "platform.terraform_dir is not set",
+            lambda: infra.run_terraform(cfg),
+        )
+        entry = select(run, database, backup)
+        restore_from_backup(
+            run, database, entry, confirm=confirm, approval_timeout_s=approval_timeout_s
+        )
+        run.start_workloads(
+            {w.name: w.replicas for w in cfg.platform.workloads}, name="Deploy the application"
+        )
+        run.optional(
+            "Update DNS",
+            "Update DNS (if needed)",
+            None if cfg.dns else "no [dns] in the config",
+            update_dns,
+        )
+        return verify_service(run), [
+            "environment rebuilt and serving",
+            "watch error rates while DNS caches expire",
+        ]
+
+    # a rebuild that fails leaves what it built in place: there is no previous scale to go back to
+    return run.execute(steps, keep_down=True, started=f"environment {cfg.environment}")
 
 
 def _seconds_since(t: datetime) -> float:
