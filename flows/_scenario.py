@@ -130,13 +130,15 @@ class ScenarioRun:
             description=f"Incident report: {self.scenario}",
         )
 
-    def notify(self, subject: str, body: str, audiences: Sequence[str] = ("on-call",)) -> None:
+    def notify(self, subject: str, body: str, audiences: Sequence[str] = ("on-call",)) -> str:
+        """Send to the configured targets of ``audiences``; returns who was reached."""
         if not self.cfg.notifications:
-            return
+            return "nobody configured"
         reached = notify_tasks.notify(
             self.cfg, f"[DR {self.cfg.environment}] {subject}", body, audiences
         )
         self.log.info("notified: %s", ", ".join(reached) or "nobody reachable")
+        return "reached " + (", ".join(reached) or "nobody")
 
     # ---- safety -------------------------------------------------------------------------------
 
@@ -159,18 +161,26 @@ class ScenarioRun:
         finally:
             cm.__exit__(None, None, None)
 
-    def approve(self, plan: Sequence[str], *, confirm: bool, timeout_s: int) -> str:
+    def approve(
+        self,
+        plan: Sequence[str],
+        *,
+        confirm: bool,
+        timeout_s: int,
+        on_reject: str = "the workloads go back to their previous scale",
+    ) -> str:
         """Pause for on-call's decision unless ``confirm``; returns who approved."""
         if confirm:
             return "confirm=True (automation)"
+        done = [s.name for s in self.report.steps if s.status == "ok"]
         description = "\n".join(
             [
                 f"## Approve the {self.scenario} recovery?",
                 "",
                 *[f"* {line}" for line in plan],
                 "",
-                "Nothing destructive has happened yet. Reject to restore the "
-                "previous scale and stop.",
+                f"Done so far: {', '.join(done) or 'nothing'}. Nothing has been restored yet. "
+                f"Reject to stop here: {on_reject}.",
             ]
         )
         self.notify("approval needed", "\n".join(plan))
@@ -243,7 +253,12 @@ class ScenarioRun:
         """Run a scenario's ``steps`` under the environment lock: notify the start, then
         succeed with the (healthy time, final state) they return, or take the failure path."""
         with self.recovery_lock():
-            self.notify(f"{self.scenario} started", started)
+            self.optional(
+                "Notify on-call",
+                "Notify team and stakeholders",
+                None if self.cfg.notifications else "no [[notifications]] configured",
+                lambda: self.notify(f"{self.scenario} started", started),
+            )
             try:
                 healthy_at, final_state = steps()
             except Exception as exc:  # the failure path restores the scale and reports

@@ -579,9 +579,19 @@ def scenario(
 
         module, attr = SCENARIOS[name].split(":")
         flow_fn = getattr(importlib.import_module(module), attr)
-        state = flow_fn(
-            config=str(config or ""), confirm=confirm, dry_run=dry_run, return_state=True, **params
-        )
+        from prefect.exceptions import ParameterBindError, SignatureMismatchError
+
+        try:
+            state = flow_fn(
+                config=str(config or ""),
+                confirm=confirm,
+                dry_run=dry_run,
+                return_state=True,
+                **params,
+            )
+        except (ParameterBindError, SignatureMismatchError, TypeError) as exc:
+            raise ConfigError(f"{name}: bad --param: {str(exc).splitlines()[0]}") from None
+
         summary = state.result(raise_on_failure=False)
         if isinstance(summary, BaseException):
             raise summary

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.states import State
 
 from flows._scenario import BackupChoice, ScenarioRun
-from flows.recovery import plan_only, recover_database, verify_service
+from flows.recovery import as_utc, plan_only, recover_database, verify_service
 from tasks.core.config import CriticalQuery
 
 
@@ -42,6 +42,7 @@ def data_loss(
         keep_down_on_failure: leave the application stopped if the recovery fails
         approval_timeout_s: how long to wait for approval before giving up (nothing restored)
     """
+    deleted_at = as_utc(deleted_at, what="deleted_at")
     run = ScenarioRun("data-loss", config, locals(), deleted_at)
     if dry_run:
         return plan_only(run, database, backup, before=deleted_at)

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.states import State
 
 from flows._scenario import BackupChoice, ScenarioRun
-from flows.recovery import plan_only, recover_database, verify_service
+from flows.recovery import as_utc, plan_only, recover_database, verify_service
 
 
 @flow(name="database-corruption", log_prints=True)
@@ -26,6 +26,7 @@ def database_corruption(
     dry_run: bool = False,
     keep_down_on_failure: bool = False,
     approval_timeout_s: int = 3600,
+    amcheck: bool = True,
 ) -> State[Any]:
     """Restore a corrupted database from a verified backup and bring the application back.
 
@@ -38,7 +39,10 @@ def database_corruption(
         dry_run: resolve and publish the plan; change nothing
         keep_down_on_failure: leave the application stopped if the recovery fails
         approval_timeout_s: how long to wait for approval before giving up (nothing restored)
+        amcheck: run pg_amcheck to confirm the corruption (it reads every page: slow on big
+            databases)
     """
+    incident_at = as_utc(incident_at, what="incident_at")
     run = ScenarioRun("database-corruption", config, locals(), incident_at)
     if dry_run:
         return plan_only(run, database, backup)
@@ -50,7 +54,7 @@ def database_corruption(
             backup,
             confirm=confirm,
             approval_timeout_s=approval_timeout_s,
-            amcheck=True,
+            amcheck=amcheck,
         )
         return verify_service(run), [
             f"database {database} restored and live",

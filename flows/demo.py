@@ -92,6 +92,11 @@ def _corrupt(url: str) -> None:
 def run_demo(workdir: Path, *, use_sqlite: bool, say: Callable[[str], None]) -> dict[str, Any]:
     """Build the demo environment, break it, recover it; returns the scenario's summary."""
     workdir = workdir.resolve()
+    if workdir.exists() and any(workdir.iterdir()) and not (workdir / "dr.toml").exists():
+        raise ConfigError(
+            f"{workdir} is not empty and not a dr demo directory: choose another "
+            "--dir (the demo replaces its directory)"
+        )
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     cluster: PgCluster | None = None

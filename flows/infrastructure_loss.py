@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.states import State
 
 from flows._scenario import BackupChoice, ScenarioRun
-from flows.recovery import plan_only, restore_from_backup, select, verify_service
+from flows.recovery import as_utc, plan_only, restore_from_backup, select, verify_service
 from tasks import database as db_tasks
 from tasks import infra
 from tasks.core.errors import BackupNotFound
@@ -42,6 +42,7 @@ def infrastructure_loss(
         dry_run: resolve and publish the plan; change nothing
         approval_timeout_s: how long to wait for approval before giving up (nothing restored)
     """
+    incident_at = as_utc(incident_at, what="incident_at")
     run = ScenarioRun("infrastructure-loss", config, locals(), incident_at)
     if dry_run:
         return plan_only(
@@ -53,6 +54,7 @@ def infrastructure_loss(
                 f"terraform {run.cfg.platform.terraform_dir or 'not configured'}",
                 f"dns: {len(run.cfg.dns.records) if run.cfg.dns else 0} record(s)",
             ],
+            stops_workloads=False,
         )
     cfg = run.cfg
 
@@ -75,23 +77,53 @@ def infrastructure_loss(
         change = infra.update_dns(cfg)
         return f"{'; '.join(change.records)}: {change.status}"
 
+    def approval_plan(entry: Any) -> list[str]:
+        p = cfg.platform
+        return [
+            f"terraform apply in {p.terraform_dir}"
+            if p.terraform_dir
+            else "terraform: not configured",
+            f"apply the manifests in {p.manifests_dir}"
+            if p.manifests_dir
+            else "manifests: not configured",
+            f"restore {entry.backup_id} into {cfg.database(database).resolve_url()} "
+            "(roles recreated without passwords)",
+            "start " + (", ".join(f"{w.name}={w.replicas}" for w in p.workloads) or "nothing"),
+            f"point {len(cfg.dns.records)} DNS record(s) at the new infrastructure"
+            if cfg.dns
+            else "DNS: not configured",
+        ]
+
     def steps() -> tuple[datetime, list[str]]:
         run.optional("Assess backups", "Assess situation and scope", None, assess)
-        run.optional(
-            "Apply manifests",
-            "Provision infrastructure (if needed)",
-            None if cfg.platform.manifests_dir else "platform.manifests_dir is not set",
-            apply_manifests,
-        )
+        entry = select(run, database, backup)
+        with run.step("Approval") as s:  # before anything is created or changed
+            s.detail = "approved by " + run.approve(
+                approval_plan(entry),
+                confirm=confirm,
+                timeout_s=approval_timeout_s,
+                on_reject="nothing was provisioned or restored",
+            )
+        # terraform first: it usually creates the cluster the manifests go into
         run.optional(
             "terraform apply",
             "Provision infrastructure (if needed)",
             None if cfg.platform.terraform_dir else "platform.terraform_dir is not set",
             lambda: infra.run_terraform(cfg),
         )
-        entry = select(run, database, backup)
+        run.optional(
+            "Apply manifests",
+            "Provision infrastructure (if needed)",
+            None if cfg.platform.manifests_dir else "platform.manifests_dir is not set",
+            apply_manifests,
+        )
         restore_from_backup(
-            run, database, entry, confirm=confirm, approval_timeout_s=approval_timeout_s
+            run,
+            database,
+            entry,
+            confirm=True,
+            approval_timeout_s=approval_timeout_s,
+            approval=False,
         )
         run.start_workloads(
             {w.name: w.replicas for w in cfg.platform.workloads}, name="Deploy the application"

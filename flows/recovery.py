@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
@@ -16,9 +16,16 @@ from tasks import health as health_tasks
 from tasks import platform as platform_tasks
 from tasks.core.catalog import BackupEntry
 from tasks.core.config import CriticalQuery
-from tasks.core.errors import ConfigError, VerificationFailed
+from tasks.core.errors import ConfigError, DRError, VerificationFailed
 
-__all__ = ["plan_only", "recover_database", "restore_from_backup", "select", "verify_service"]
+__all__ = [
+    "as_utc",
+    "plan_only",
+    "recover_database",
+    "restore_from_backup",
+    "select",
+    "verify_service",
+]
 
 
 def select(
@@ -30,7 +37,7 @@ def select(
         raise ConfigError("backup.strategy is backup_id but backup.backup_id is empty")
     if choice.strategy is BackupStrategy.before and choice.before is None:
         raise ConfigError("backup.strategy is before but backup.before is empty")
-    limit = choice.before if choice.strategy is BackupStrategy.before else before
+    limit = as_utc(choice.before if choice.strategy is BackupStrategy.before else before)
     with run.step("Select the backup", "Identify recovery point") as s:
         entry = db_tasks.select_backup(
             run.cfg,
@@ -52,15 +59,29 @@ def restore_from_backup(
     approval_timeout_s: int,
     assessment: Sequence[str] = (),
     extra_checks: Sequence[CriticalQuery] = (),
+    on_reject: str = "the workloads go back to their previous scale",
+    approval: bool = True,
 ) -> None:
-    """Approval -> safe restore (side copy, verify, switch) -> verify the live data."""
-    plan = db_tasks.plan_restore(run.cfg, database, entry)
-    with run.step("Approval") as s:
-        s.detail = "approved by " + run.approve(
-            [*assessment, *plan.describe()], confirm=confirm, timeout_s=approval_timeout_s
-        )
+    """Approval (unless already given: ``confirm``) -> safe restore (side copy, verify,
+    switch) -> verify the live data."""
+    if approval:
+        with run.step("Approval") as s:
+            plan = db_tasks.plan_restore(run.cfg, database, entry)
+            s.detail = "approved by " + run.approve(
+                [*assessment, *plan.describe()],
+                confirm=confirm,
+                timeout_s=approval_timeout_s,
+                on_reject=on_reject,
+            )
     with run.step("Restore the database", "Restore database") as s:
+        if not approval:  # approved earlier in the scenario, before anything else changed
+            plan = db_tasks.plan_restore(run.cfg, database, entry)
         result = db_tasks.restore_database(plan)
+        if result.roles_created:
+            run.report.final_state.append(
+                "roles created WITHOUT a password (set them before the application can log "
+                f"in): {', '.join(result.roles_created)}"
+            )
         s.detail = f"{entry.backup_id} from {result.source} in {result.duration_s:.1f}s; " + (
             f"previous database kept as {result.kept_as}"
             if result.kept_as
@@ -144,16 +165,24 @@ def plan_only(
     choice: BackupChoice,
     before: datetime | None = None,
     extra: Sequence[str] = (),
+    stops_workloads: bool = True,
 ) -> State[Any]:
     """``dry_run``: resolve everything, publish the plan, change nothing."""
     workloads = [w.name for w in run.cfg.platform.workloads]
     lines = [f"# {run.scenario}: dry run (nothing changed)", ""]
-    if workloads:
+    if workloads and stops_workloads:
         replicas = platform_tasks.current_replicas(run.cfg, workloads)
         lines.append("* stop: " + ", ".join(f"{n} (now {r})" for n, r in replicas.items()))
     entry = select(run, database, choice, before)
-    plan = db_tasks.plan_restore(run.cfg, database, entry)
-    lines += [f"* {line}" for line in plan.describe()]
+    try:
+        lines += [
+            f"* {line}" for line in db_tasks.plan_restore(run.cfg, database, entry).describe()
+        ]
+    except DRError as exc:  # e.g. infrastructure loss: the new server does not exist yet
+        lines.append(
+            f"* restore {entry.backup_id} into {run.cfg.database(database).url or '?'}"
+            f" (target not reachable now: {exc})"
+        )
     lines += [f"* {line}" for line in extra]
     lines.append(
         "* expected RTO: no restore test or drill has been recorded yet for this environment"
@@ -167,3 +196,16 @@ def plan_only(
         message=run.report.outcome,
         data={"scenario": run.scenario, "outcome": run.report.outcome, "report": markdown},
     )
+
+
+def as_utc(t: datetime | None, *, what: str = "the incident time") -> datetime | None:
+    """A parameter time in UTC (a time without zone is UTC, as everywhere in dr); refuses a time
+    in the future, which would silently pick the newest backup and miss the RPO."""
+    if t is None:
+        return None
+    t = t if t.tzinfo else t.replace(tzinfo=UTC)
+    if t > datetime.now(UTC) + timedelta(minutes=5):
+        raise ConfigError(
+            f"{what} {t:%Y-%m-%dT%H:%M:%SZ} is in the future: give the UTC time of the incident"
+        )
+    return t.astimezone(UTC)

@@ -3,10 +3,12 @@ TransientError (storage or cluster unreachable, timeouts); permanent errors fail
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from prefect import Task, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
@@ -42,3 +44,26 @@ def dr_task(*, retries: int = 0, name: str | None = None) -> Callable[[F], F]:
         )
 
     return wrap
+
+
+@contextlib.contextmanager
+def progress_artifact(
+    key: str, description: str, total: int | None
+) -> Iterator[Callable[[int], None]]:
+    """A Prefect progress artifact fed with byte counts; updated every 5 % (each update is an
+    API call), capped at 99 % until the work is done. ``total`` may be an estimate or None."""
+    artifact = create_progress_artifact(progress=0.0, key=key, description=description)
+    done, shown = 0, 0.0
+
+    def advance(n: int) -> None:
+        nonlocal done, shown
+        done += n
+        if not total:
+            return
+        pct = min(99.0, done * 100 / total)
+        if pct - shown >= 5:
+            update_progress_artifact(artifact_id=artifact, progress=pct)
+            shown = pct
+
+    yield advance
+    update_progress_artifact(artifact_id=artifact, progress=100.0)

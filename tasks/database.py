@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-from tasks._base import dr_task
+from tasks._base import dr_task, progress_artifact
 from tasks.core import dbcheck
 from tasks.core import restore as core_restore
 from tasks.core.catalog import BackupEntry
@@ -54,22 +52,10 @@ def plan_restore(cfg: Config, database: str, entry: BackupEntry) -> core_restore
 def restore_database(plan: core_restore.RestorePlan) -> core_restore.RestoreResult:
     """Side copy -> verify counts -> switch; the previous database is kept. Not retried: a
     restore that failed has cleaned up after itself and needs a human to look."""
-    total = max(plan.entry.manifest.size, 1)
-    artifact = create_progress_artifact(
-        progress=0.0, key="restore-progress", description=f"fetching {plan.entry.backup_id}"
-    )
-    done = 0
-
-    def progress(n: int) -> None:
-        nonlocal done
-        before = done * 100 // total
-        done += n
-        if done * 100 // total >= before + 5:  # every 5 %: artifacts are API calls
-            update_progress_artifact(artifact_id=artifact, progress=min(100.0, done * 100 / total))
-
-    result = core_restore.restore(plan, confirm=True, progress=progress)
-    update_progress_artifact(artifact_id=artifact, progress=100.0)
-    return result
+    with progress_artifact(
+        "restore-progress", f"fetching {plan.entry.backup_id}", plan.entry.manifest.size
+    ) as progress:
+        return core_restore.restore(plan, confirm=True, progress=progress)
 
 
 @dr_task(retries=2)

@@ -14,7 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.core.dburl import DatabaseURL, parse_database_url, redact
 from tasks.core.errors import ConfigError
@@ -71,6 +78,9 @@ class DatabaseConfig(_Model):
     url_env: str = "DATABASE_URL"  # the variable holding the full URL (used when url is unset)
     password_env: str | None = None  # with url: the variable holding the password
     critical_queries: tuple[CriticalQuery, ...] = ()
+    # restore tests: the variable holding a server URL to restore into (default: the database's
+    # own server, in a throwaway database named <name>_dr_test_<id>)
+    scratch_url_env: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -80,6 +90,14 @@ class DatabaseConfig(_Model):
                 "contains a password: keep it out of the file (use url_env or password_env)"
             )
         return v
+
+    def scratch_server(self) -> str | None:
+        if self.scratch_url_env is None:
+            return None
+        value = os.environ.get(self.scratch_url_env)
+        if not value:
+            raise ConfigError(f"database {self.name!r}: {self.scratch_url_env} is not set")
+        return value
 
     def resolve_url(self) -> DatabaseURL:
         """The database URL with its password, from the file and the environment."""
@@ -154,9 +172,17 @@ class SecretsConfig(_Model):
 
 
 class Notification(_Model):
+    """One notification target: exactly one of ``block`` or ``webhook_url_env``."""
+
     audience: Audience = "on-call"
     block: str | None = None  # a Prefect notification block, "<type>/<name>": "slack-webhook/dr"
     webhook_url_env: str | None = None  # or a plain webhook whose URL is in this variable
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Notification:
+        if (self.block is None) == (self.webhook_url_env is None):
+            raise ValueError("give exactly one of block or webhook_url_env")
+        return self
 
 
 class Config(_Model):

@@ -72,14 +72,22 @@ def check_database(
     if tool is None:
         return DatabaseCheck(True, True, "not available: pg_amcheck not installed", "SELECT 1 ok")
     env = PostgresEngine(url).child_env()
-    proc = subprocess.run(
-        [tool, "--install-missing", "--no-password", "--heapallindexed", url.dbname],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout_s,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [tool, "--install-missing", "--no-password", "--heapallindexed", url.dbname],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return DatabaseCheck(
+            True,
+            True,
+            f"not available: pg_amcheck still running after {timeout_s:g}s (stopped)",
+            "SELECT 1 ok",
+        )
     output = redact((proc.stdout + proc.stderr).strip())
     if proc.returncode == 0:
         return DatabaseCheck(True, True, "ok", "SELECT 1 ok; pg_amcheck: no corruption found")
@@ -103,7 +111,8 @@ def run_critical_queries(url: DatabaseURL, queries: Sequence[CriticalQuery]) -> 
             for q in queries:
                 checks.append(_judge(q, lambda sql: sconn.execute(sql).fetchone()))
         return checks
-    with PostgresEngine(url).connect(what="run critical queries") as conn:
+    with PostgresEngine(url).connect(autocommit=False, what="run critical queries") as conn:
+        conn.read_only = True  # a check must never change the data it checks
         for q in queries:
             checks.append(_judge(q, lambda sql: conn.execute(sql).fetchone()))
     return checks

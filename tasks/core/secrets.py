@@ -57,7 +57,7 @@ def rotate_secrets(
     try:
         with pg_errors(f"rotate the password of role {cfg.database_role}"):
             verifier = conn.pgconn.encrypt_password(
-                password.encode(), cfg.database_role.encode(), None
+                password.encode(), cfg.database_role.encode(), b"scram-sha-256"
             )
             conn.execute(
                 sql.SQL("ALTER ROLE {} PASSWORD {}").format(

@@ -101,6 +101,7 @@ def test_dr_config_env_var_and_embedded_defaults(
         ),
         ("[dns]\nrecords = []", "dns.zone_id: Field required"),
         ("environment = ", "not valid TOML"),
+        ("[[notifications]]\naudience = 'on-call'", "give exactly one of block or webhook_url_env"),
     ],
 )
 def test_invalid_file_fails_in_one_line_naming_the_key(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -305,6 +306,15 @@ def test_scenario_needs_consent_or_a_server(tmp_path: Path) -> None:
     r = run_dr("scenario", "data-loss", "--dry-run", "--param", "novalue")
     assert r.returncode == 2
     assert "expected key=value" in _one_line_error(r)
+    r = run_dr("scenario", "data-loss", "--dry-run")
+    assert r.returncode == 2
+    assert "missing a required argument: 'deleted_at'" in _one_line_error(r)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    r = run_dr("demo", "--dir", str(tmp_path / "mine"))
+    assert r.returncode == 2
+    assert "not a dr demo directory" in _one_line_error(r)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
 
 
 @pytest.mark.slow
@@ -359,7 +369,7 @@ def test_scenario_dry_run_prints_the_plan(tmp_path: Path, app_db: Path) -> None:
         str(config),
         "--dry-run",
         "--param",
-        "deleted_at=2999-01-01T00:00:00Z",
+        f"deleted_at={datetime.now(UTC).isoformat()}",
         cwd=tmp_path,
         timeout=300,
     )

@@ -377,3 +377,23 @@ def test_every_scenario_runs_on_the_local_platform(app_env: AppEnv, scenario: st
             assert "| Update DNS | ⚪ not configured |" in report
     finally:
         platform.scale_down(["backend"])
+
+
+def test_times_in_the_future_are_refused_before_anything_changes(app_env: AppEnv) -> None:
+    app_env.backup()
+    state = data_loss(
+        deleted_at=datetime.now(UTC) + timedelta(days=1),
+        config=str(app_env.config),
+        confirm=True,
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "is in the future" in str(state.result(raise_on_failure=False))
+    assert _scale_writes(app_env) == []
+
+
+def test_a_time_without_zone_is_utc(app_env: AppEnv) -> None:
+    app_env.backup()
+    naive = datetime.now(UTC).replace(tzinfo=None)
+    state = data_loss(deleted_at=naive, config=str(app_env.config), dry_run=True, return_state=True)
+    assert state.is_completed(), state.message

@@ -123,7 +123,9 @@ class LocalStorage:
         if not self.root.is_dir():
             return
         found: list[ObjectInfo] = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        # walk only below the deepest folder the prefix names ("b1/" -> root/b1)
+        start = self.root.joinpath(*prefix.split("/")[:-1]) if "/" in prefix else self.root
+        for dirpath, _dirs, files in os.walk(start):
             for fname in files:
                 path = Path(dirpath, fname)
                 key = path.relative_to(self.root).as_posix()
