@@ -64,7 +64,8 @@ def pg_errors(what: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        msg = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc))
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        msg = redact(lines[0] if lines else repr(exc))  # the cause; libpq's hints follow it
         if "password authentication failed" in msg or "does not exist" in msg:
             raise ConfigError(f"cannot {what}: {msg}") from exc
         raise TransientError(f"cannot {what}: {msg}") from exc
@@ -483,18 +484,19 @@ class PostgresEngine:
             proc = subprocess.Popen(
                 ["pg_restore", "--list"], stdin=subprocess.PIPE, stdout=out, stderr=err
             )
-            assert proc.stdin is not None
+            stdin = proc.stdin
+            assert stdin is not None
+            reading = True
             try:
-                for chunk in chunks:
-                    if proc.stdin is not None:
+                for chunk in chunks:  # consumed to the end: the sha256 verdict comes last
+                    if reading:
                         try:
-                            proc.stdin.write(chunk)
+                            stdin.write(chunk)
                         except BrokenPipeError:
-                            proc.stdin = None  # pg_restore has read the TOC; keep hashing
+                            reading = False  # pg_restore has read the TOC and left
             finally:
-                if proc.stdin is not None:
-                    with contextlib.suppress(BrokenPipeError):
-                        proc.stdin.close()
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    stdin.close()
                 proc.wait()
             if proc.returncode != 0:
                 err.seek(0)
