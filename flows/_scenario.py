@@ -49,7 +49,9 @@ class BackupChoice(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     strategy: BackupStrategy = Field(
-        BackupStrategy.latest, description="latest good, a given id, or newest before a time"
+        BackupStrategy.latest,
+        title="Strategy",
+        description="latest good, a given id, or newest before a time",
     )
     backup_id: str = Field("", description="with strategy backup_id: the id (or unique prefix)")
     before: datetime | None = Field(None, description="with strategy before: a UTC time")
@@ -88,7 +90,6 @@ class ScenarioRun:
         """Record a step around the block: ok when it ends, failed (with the error) if it
         raises; the checklist artifact is republished either way."""
         s = self.report.begin(name, checklist)
-        self.publish_checklist()
         try:
             yield s
         except BaseException as exc:

@@ -49,6 +49,14 @@ _KILL_WAIT_S = 5.0  # after SIGKILL, the kernel only has to reap the process
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
+def _reap() -> None:
+    """Collect every child of ours that has exited, also those another process stopped (a
+    long-lived process such as a worker would otherwise keep them as zombies)."""
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+
+
 @dataclass(frozen=True)
 class LocalWorkload:
     """One workload run as a local process."""
@@ -163,9 +171,7 @@ class LocalPlatform:
             raise PermanentError(
                 f"unreadable process record {self._record_path(name)}: {type(exc).__name__}"
             ) from exc
-        child = _CHILDREN.get(record.pid)
-        if child is not None and child.poll() is not None:
-            del _CHILDREN[record.pid]  # reaped: it no longer shows as a zombie
+        _reap()
         start = _start_time(record.pid)
         return record.pid if start is not None and start == record.start else None
 
