@@ -616,5 +616,145 @@ def demo(
         out.print(f"report saved to {workdir / 'report.md'}; demo environment stopped")
 
 
+# ---- dr up / dr status -----------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="DR_CONFIG", help="The environment's dr.toml.")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Port of the Prefect server/UI.")] = 4200,
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            "--state-dir", help="Where the server keeps its SQLite database and the logs."
+        ),
+    ] = Path(".dr-state"),
+    debug: DebugOpt = False,
+) -> None:
+    """Run it all here: Prefect server + UI, every deployment, the limits, a worker."""
+    with _errors(debug):
+        from flows.up import run_up
+
+        run_up(state_dir, port, config, say=out.print)
+
+
+@app.command()
+def status(
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="DR_CONFIG", help="The environment's dr.toml.")
+    ] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Per database: last backup, last restore test and last drill against the objectives.
+    Exit 1 when a database has no backup, its last backup run or restore test failed, or the
+    last drill missed an objective."""
+    with _errors(debug):
+        from tasks.core.status import environment_status
+
+        cfg = load_config(config)
+        now = utcnow()
+        rows = environment_status(cfg, now)
+        rto, rpo = cfg.objectives.rto_minutes, cfg.objectives.rpo_minutes
+
+        def verdict(met: bool | None) -> str:
+            return "-" if met is None else ("met" if met else "MISSED")
+
+        data = []
+        for st in rows:
+            b, run, test, drill = (
+                st.last_backup,
+                st.last_backup_run,
+                st.last_restore_test,
+                st.last_drill,
+            )
+            v = b.last_verification if b else None
+            data.append(
+                {
+                    "database": st.database,
+                    "last_backup": b.backup_id if b else None,
+                    "backup_age": units.age(st.backup_age_s)
+                    if st.backup_age_s is not None
+                    else None,
+                    "backup_size": units.size(b.manifest.size) if b else None,
+                    "verified": None if v is None else ("ok" if v.ok else "FAILED"),
+                    "last_backup_run": None if run is None else ("ok" if run.ok else "FAILED"),
+                    "last_restore_test": None
+                    if test is None
+                    else {
+                        "at": units.utc(test.started_at),
+                        "ok": test.ok,
+                        "rto_min": None if test.rto_s is None else round(test.rto_s / 60, 2),
+                        "rto": verdict(test.rto_met),
+                    },
+                    "last_drill": None
+                    if drill is None
+                    else {
+                        "scenario": drill.target,
+                        "at": units.utc(drill.started_at),
+                        "ok": drill.ok,
+                        "rto_min": None if drill.rto_s is None else round(drill.rto_s / 60, 2),
+                        "rpo_min": None if drill.rpo_s is None else round(drill.rpo_s / 60, 2),
+                        "rto": verdict(drill.rto_met),
+                        "rpo": verdict(drill.rpo_met),
+                    },
+                }
+            )
+        if as_json:
+            _emit_json(
+                {
+                    "environment": cfg.environment,
+                    "objectives": {"rto_min": rto, "rpo_min": rpo},
+                    "databases": data,
+                }
+            )
+        else:
+            out.print(f"environment {cfg.environment}: objectives RTO {rto:g} min, RPO {rpo:g} min")
+            for d in data:
+                out.print(f"\n{d['database']}")
+                out.print(
+                    f"  last backup:       {d['last_backup'] or 'none'}"
+                    + (
+                        f" ({d['backup_age']} old, {d['backup_size']}, verified: "
+                        f"{d['verified'] or 'not yet'})"
+                        if d["last_backup"]
+                        else ""
+                    )
+                )
+                out.print(f"  last backup run:   {d['last_backup_run'] or 'none recorded'}")
+                t = d["last_restore_test"]
+                out.print(
+                    "  last restore test: "
+                    + (
+                        "none recorded"
+                        if t is None
+                        else f"{t['at']} {'ok' if t['ok'] else 'FAILED'}, restore "
+                        f"{t['rto_min']} min (RTO {t['rto']})"
+                    )
+                )
+                dr = d["last_drill"]
+                out.print(
+                    "  last drill:        "
+                    + (
+                        "none recorded"
+                        if dr is None
+                        else f"{dr['scenario']} {dr['at']} {'ok' if dr['ok'] else 'FAILED'}, "
+                        f"RTO {dr['rto_min']} min ({dr['rto']}), RPO {dr['rpo_min']} min "
+                        f"({dr['rpo']})"
+                    )
+                )
+        bad = any(
+            d["last_backup"] is None
+            or d["last_backup_run"] == "FAILED"
+            or (d["last_restore_test"] and not d["last_restore_test"]["ok"])
+            or (d["last_drill"] and not d["last_drill"]["ok"])
+            for d in data
+        )
+        if bad:
+            raise typer.Exit(EXIT_FAILED)
+
+
 def main() -> None:
     app()

@@ -41,9 +41,8 @@ def verify_backups(
     catalog = build_catalog(cfg)
     if backup_id is None:
         return core_verify.verify_catalog(catalog, now=datetime.now(UTC), latest=latest)
-    entry = catalog.get(backup_id)
     return core_verify.VerifyReport(
-        [core_verify.verify_backup(entry, loc) for loc in entry.locations]
+        core_verify.verify_and_record(catalog, catalog.get(backup_id), now=datetime.now(UTC))
     )
 
 

@@ -24,7 +24,14 @@ from tasks.core.engines.postgres import PostgresEngine
 from tasks.core.errors import DRError, IntegrityError, UnsupportedFormat
 from tasks.core.storage import Storage
 
-__all__ = ["CheckResult", "Status", "VerifyReport", "verify_backup", "verify_catalog"]
+__all__ = [
+    "CheckResult",
+    "Status",
+    "VerifyReport",
+    "verify_and_record",
+    "verify_backup",
+    "verify_catalog",
+]
 
 
 class Status(enum.StrEnum):
@@ -117,15 +124,29 @@ def verify_catalog(
         for p in listing.problems
     ]
     for e in entries:
-        for loc in e.locations:
-            r = verify_backup(e, loc, work_dir=work_dir, progress=progress)
-            results.append(r)
-            # a read-only location still gets verified; the record is a convenience
-            with contextlib.suppress(DRError):
-                catalog.record_verification(
-                    loc, e.backup_id, Verification(now, r.status is Status.OK, r.detail)
-                )
+        results += verify_and_record(catalog, e, now=now, work_dir=work_dir, progress=progress)
     return VerifyReport(results)
+
+
+def verify_and_record(
+    catalog: Catalog,
+    entry: BackupEntry,
+    *,
+    now: datetime,
+    work_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[CheckResult]:
+    """Verify one backup in every location holding it, and record each verdict there."""
+    results = []
+    for loc in entry.locations:
+        r = verify_backup(entry, loc, work_dir=work_dir, progress=progress)
+        results.append(r)
+        # a read-only location still gets verified; the record is a convenience
+        with contextlib.suppress(DRError):
+            catalog.record_verification(
+                loc, entry.backup_id, Verification(now, r.status is Status.OK, r.detail)
+            )
+    return results
 
 
 def _status(exc: IntegrityError) -> Status:

@@ -167,3 +167,27 @@ def test_drill_missing_an_objective_fails_and_notifies(app_env: AppEnv) -> None:
     assert rec.rpo_met is False
     assert rec.target == "infrastructure-loss"
     assert any("rebuild-drill failed" in s for s in app_env.webhook.subjects())
+
+
+def test_dr_status_shows_the_trend_against_the_objectives(app_env: AppEnv) -> None:
+    import json
+
+    from tests.conftest import run_dr
+
+    r = run_dr("status", "--config", str(app_env.config), "--json")
+    assert r.returncode == 1  # no backup yet: status says so
+    assert json.loads(r.stdout)["databases"][0]["last_backup"] is None
+    assert nightly_backup(config=str(app_env.config), return_state=True).is_completed()
+    assert restore_test(config=str(app_env.config), return_state=True).is_completed()
+    assert dr_drill(config=str(app_env.config), return_state=True).is_completed()
+    r = run_dr("status", "--config", str(app_env.config), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [db] = json.loads(r.stdout)["databases"]
+    assert db["last_backup_run"] == "ok"
+    assert db["verified"] == "ok"
+    assert db["last_restore_test"]["ok"] is True
+    assert db["last_restore_test"]["rto"] == "met"
+    assert db["last_drill"]["scenario"] == "database-corruption"
+    assert (db["last_drill"]["rto"], db["last_drill"]["rpo"]) == ("met", "met")
+    text = run_dr("status", "--config", str(app_env.config)).stdout
+    assert "last drill:        database-corruption" in text
