@@ -64,8 +64,9 @@ def test_dr_up_runs_everything_and_ctrl_c_keeps_schedules(tmp_path: Path) -> Non
             deployments
         )
         deadline = time.monotonic() + 60
-        while not httpx.post(f"{base}/api/work_pools/dr-process/workers/filter", json={},
-                             timeout=10).json():
+        while not httpx.post(
+            f"{base}/api/work_pools/dr-process/workers/filter", json={}, timeout=10
+        ).json():
             assert time.monotonic() < deadline, "no worker ever polled the pool"
             time.sleep(1)
         limits = httpx.post(f"{base}/api/v2/concurrency_limits/filter", json={}, timeout=10).json()
