@@ -184,9 +184,7 @@ def plan_only(
             f" (target not reachable now: {exc})"
         )
     lines += [f"* {line}" for line in extra]
-    lines.append(
-        "* expected RTO: no restore test or drill has been recorded yet for this environment"
-    )
+    lines.append(f"* expected RTO: {_expected_rto(run)}")
     markdown = "\n".join(lines) + "\n"
     create_markdown_artifact(
         key=f"{run.scenario}-plan", markdown=markdown, description=f"Dry run: {run.scenario}"
@@ -209,3 +207,22 @@ def as_utc(t: datetime | None, *, what: str = "the incident time") -> datetime |
             f"{what} {t:%Y-%m-%dT%H:%M:%SZ} is in the future: give the UTC time of the incident"
         )
     return t.astimezone(UTC)
+
+
+def _expected_rto(run: ScenarioRun) -> str:
+    """From the last drill (else the last restore test) recorded for this environment."""
+    from tasks.core.environment import build_catalog
+    from tasks.core.history import read_history
+
+    try:
+        records = read_history(build_catalog(run.cfg).locations)
+    except DRError:
+        records = []
+    for kind in ("drill", "restore-test"):
+        for r in records:
+            if r.kind == kind and r.rto_s is not None:
+                return (
+                    f"{r.rto_s / 60:.1f} min, measured by the {kind} of "
+                    f"{r.started_at:%Y-%m-%d %H:%M}Z ({r.target})"
+                )
+    return "no restore test or drill has been recorded yet for this environment"

@@ -191,3 +191,14 @@ def test_dr_status_shows_the_trend_against_the_objectives(app_env: AppEnv) -> No
     assert (db["last_drill"]["rto"], db["last_drill"]["rpo"]) == ("met", "met")
     text = run_dr("status", "--config", str(app_env.config)).stdout
     assert "last drill:        database-corruption" in text
+
+
+def test_a_dry_run_quotes_the_rto_of_the_last_drill(app_env: AppEnv) -> None:
+    from flows.database_corruption import database_corruption
+
+    app_env.backup()
+    assert dr_drill(config=str(app_env.config), return_state=True).is_completed()
+    state = database_corruption(config=str(app_env.config), dry_run=True, return_state=True)
+    plan = artifacts(state)["database-corruption-plan"]
+    assert "expected RTO: " in plan
+    assert "measured by the drill of" in plan
