@@ -28,9 +28,9 @@ from tasks.core.platform import ScaleState
 from tasks.core.sampledata import create_postgres_app_db, create_sqlite_app_db
 from tasks.core.storage.local import LocalStorage
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_CONFIG", "run_demo"]
 
-_CONFIG = """\
+DEMO_CONFIG = """\
 # Written by `dr demo`: the demo environment, on the local platform.
 environment = "demo"
 health_deadline_s = 30
@@ -124,7 +124,7 @@ def run_demo(workdir: Path, *, use_sqlite: bool, say: Callable[[str], None]) -> 
 
         port = free_port()
         config = workdir / "dr.toml"
-        config.write_text(_CONFIG.format(url=url, python=sys.executable, port=port))
+        config.write_text(DEMO_CONFIG.format(url=url, python=sys.executable, port=port))
         cfg = load_config(config)
         platform = build_platform(cfg)
         platform.scale_up(ScaleState({"backend": 1}))

@@ -28,6 +28,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Page, Response, expect, sync_playwright
 
+from flows.demo import DEMO_CONFIG
 from tasks.core.backup import backup_database
 from tasks.core.config import load_config
 from tasks.core.dburl import parse_database_url
@@ -45,38 +46,6 @@ CHROMIUM = Path(os.environ.get("DR_CHROMIUM", "/usr/bin/chromium"))
 DEPLOYMENT = "database-corruption"
 APPROVER = "oncall-alice"
 TICKET = "INC-4242"
-
-_CONFIG = """\
-environment = "ui-test"
-health_deadline_s = 30
-
-[storage]
-backup_dir = "backups"
-
-[[databases]]
-name = "main"
-url = "{url}"
-
-[[databases.critical_queries]]
-name = "users exist"
-sql = "SELECT count(*) FROM users"
-
-[platform]
-kind = "local"
-state_dir = "state"
-ready_timeout_s = 30
-
-[[platform.workloads]]
-name = "backend"
-kind = "process"
-replicas = 1
-command = ["{python}", "-m", "tasks.core.demoapp", "--port", "{port}"]
-env = {{ DATABASE_URL = "{url}" }}
-health_url = "http://127.0.0.1:{port}/health"
-
-[[health]]
-url = "http://127.0.0.1:{port}/health"
-"""
 
 
 # ---- processes ------------------------------------------------------------------------------
@@ -191,7 +160,7 @@ def app_env(tmp_path: Path) -> Iterator[AppEnv]:
         counts = create_postgres_app_db(parse_database_url(url).conninfo)
         port = free_port()
         config = tmp_path / "dr.toml"
-        config.write_text(_CONFIG.format(url=url, python=sys.executable, port=port))
+        config.write_text(DEMO_CONFIG.format(url=url, python=sys.executable, port=port))
         cfg = load_config(config)
         platform = build_platform(cfg)
         platform.scale_up(ScaleState({"backend": 1}))
