@@ -20,12 +20,15 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks import monitor as monitor_tasks
 from tasks import notify as notify_tasks
 from tasks import platform as platform_tasks
 from tasks.core.catalog import BackupEntry
+from tasks.core.comms import Incident
 from tasks.core.config import Config, load_config
 from tasks.core.dburl import redact
 from tasks.core.errors import ConfigError, DRError
@@ -81,6 +84,7 @@ class ScenarioRun:
         self.report = ScenarioReport(scenario, self.cfg.environment, self.started_at, shown)
         self.scale_state: ScaleState | None = None  # the recorded inverse of the scale-down
         self.recovery_point: datetime | None = None
+        self.incident_key: str | None = None  # the communication plan's record of this run
         self.log = get_run_logger()
 
     # ---- steps and artifacts ------------------------------------------------------------------
@@ -140,6 +144,48 @@ class ScenarioRun:
         )
         self.log.info("notified: %s", ", ".join(reached) or "nobody reachable")
         return "reached " + (", ".join(reached) or "nobody")
+
+    def open_incident(self, started: str) -> str:
+        """Open this run's incident: on-call (and stakeholders on data loss or a breach) are
+        told now, the escalation deployment tells the next audiences on time. If the incident
+        store is unusable, on-call is still told directly."""
+        key = f"scenario:{self.scenario}:{flow_run.get_id() or self.started_at.isoformat()}"
+        incident = Incident(
+            key=key,
+            name=self.scenario,
+            title=f"{self.scenario} started",
+            environment=self.cfg.environment,
+            opened_at=self.started_at,
+            what_happened=f"{self.scenario} recovery started ({started})",
+            being_done=f"the {self.scenario} flow runs the runbook's recovery steps; "
+            "its live checklist is in the flow run",
+            rto_objective_s=self.cfg.objectives.rto_minutes * 60,
+            downtime_since=self.started_at,
+            data_loss=self.scenario == "data-loss",
+            breach=self.scenario == "security-breach",
+            run_url=monitor_tasks.flow_run_url(),
+        )
+        try:
+            told = monitor_tasks.open_incident(self.cfg, incident, datetime.now(UTC))
+        except Exception as exc:  # telling people matters more than the record of it
+            self.log.warning("incident not recorded (%s): telling on-call", redact(str(exc)))
+            return self.notify(f"{self.scenario} started", started)
+        self.incident_key = key
+        return "told " + ", ".join(told)
+
+    def close_incident(self, subject: str, body: str) -> None:
+        """Announce the end to everyone who was told (on-call alone without an incident)."""
+        if self.incident_key is not None:
+            try:
+                told = monitor_tasks.resolve_incident(
+                    self.cfg, self.incident_key, subject, body, datetime.now(UTC)
+                )
+                if told is not None:
+                    self.log.info("resolution announced to: %s", ", ".join(told))
+                    return
+            except Exception as exc:
+                self.log.warning("incident not closed (%s): telling on-call", redact(str(exc)))
+        self.notify(subject, body)
 
     # ---- safety -------------------------------------------------------------------------------
 
@@ -258,7 +304,7 @@ class ScenarioRun:
                 "Notify on-call",
                 "Notify team and stakeholders",
                 None if self.cfg.notifications else "no [[notifications]] configured",
-                lambda: self.notify(f"{self.scenario} started", started),
+                lambda: self.open_incident(started),
             )
             try:
                 healthy_at, final_state = steps()
@@ -321,7 +367,7 @@ class ScenarioRun:
             "rpo_s": m.rpo_s if m else None,
             "report": self.report.to_markdown(),
         }
-        self.notify(f"{self.scenario}: {self.report.outcome}", self.report.to_markdown())
+        self.close_incident(f"{self.scenario}: {self.report.outcome}", self.report.to_markdown())
         state: State[Any] = state_cls(message=self.report.outcome, data=summary)
         return state
 

@@ -11,7 +11,9 @@ from prefect.states import State
 
 from flows._ops import finish, record
 from tasks import backup as backup_tasks
-from tasks.core.config import load_config
+from tasks import pitr as pitr_tasks
+from tasks.core.config import Config, load_config
+from tasks.core.dburl import redact
 
 
 @flow(name="backup-verification", log_prints=True)
@@ -40,6 +42,8 @@ def backup_verification(config: str = "") -> State[Any]:
     ]
     if not report.results:
         failures.append("no backup to verify")
+    if cfg.pitr is not None:  # pgBackRest: checksums of every file and WAL; a WAL gap alerts
+        rows.append(_pgbackrest_verify(cfg, failures))
     record(
         cfg,
         "verification",
@@ -49,3 +53,20 @@ def backup_verification(config: str = "") -> State[Any]:
         "; ".join(failures) or f"{len(rows)} copies verified",
     )
     return finish(cfg, "backup-verification", rows, failures)
+
+
+def _pgbackrest_verify(cfg: Config, failures: list[str]) -> dict[str, Any]:
+    target = f"pitr:{cfg.pitr.stanza if cfg.pitr else '-'}"
+    try:
+        v = pitr_tasks.pgbackrest_verify(cfg)
+        problems = [f"WAL gap {g}" for g in v.gaps]
+        problems += [ln.strip() for ln in v.lines if "status:" in ln and "ok" not in ln]
+        problems += [ln.strip() for ln in v.lines if "backup:" in ln and "valid" not in ln]
+        detail = "; ".join(problems) or "pgbackrest verify: ok, no WAL gap"
+        ok = v.ok
+    except Exception as exc:  # reported as a failed check, like a missing backup
+        ok, detail = False, redact(str(exc)) or type(exc).__name__
+    if not ok:
+        failures.append(f"{target}: {detail}")
+    return {"backup": target, "location": "pgbackrest", "status": "OK" if ok else "FAILED",
+            "detail": detail}  # fmt: skip

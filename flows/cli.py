@@ -29,9 +29,11 @@ from rich.progress import (
 from rich.table import Table
 
 from tasks.core import units
+from tasks.core.audit import actor
 from tasks.core.backup import backup_database
 from tasks.core.catalog import BackupEntry, Catalog, local_entry_from_path, utcnow
 from tasks.core.config import load_config
+from tasks.core.crypto import EncryptionKey
 from tasks.core.dburl import parse_database_url, redact
 from tasks.core.errors import ConfigError, ConsentRequired, DRError
 from tasks.core.restore import plan_restore, restore
@@ -53,6 +55,7 @@ if not out.is_terminal:
     out.width = 250  # pipes and logs get whole lines, not tables wrapped at 80 columns
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+ENCRYPTION_KEY_ENV = "DR_ENCRYPTION_KEY"
 
 # ---- shared options -------------------------------------------------------------------------
 
@@ -126,8 +129,15 @@ def _locations(backup_dir: Path, s3_bucket: str | None, s3_prefix: str) -> list[
     if s3_bucket:
         from tasks.core.storage.s3 import S3Storage  # boto3 costs 0.1 s to import: only if used
 
-        locs.append(S3Storage(s3_bucket, s3_prefix))
+        sse, kms = os.environ.get("DR_S3_SSE") or None, os.environ.get("DR_S3_KMS_KEY_ID") or None
+        locs.append(S3Storage(s3_bucket, s3_prefix, sse=sse, kms_key_id=kms))
     return locs
+
+
+def _catalog(locations: list[Storage]) -> Catalog:
+    """The catalog over ``locations``; backups are encrypted with (and encrypted backups read
+    with) the key in $DR_ENCRYPTION_KEY when it is set."""
+    return Catalog(locations, EncryptionKey.from_env(ENCRYPTION_KEY_ENV))
 
 
 @contextlib.contextmanager
@@ -185,16 +195,61 @@ def backup(
     latest: Annotated[
         bool, typer.Option("--latest", help="With --verify-only: only the newest per database.")
     ] = False,
+    require_immutable: Annotated[
+        bool,
+        typer.Option(
+            "--require-immutable",
+            help="With --verify-only: a backup is safe only with a copy in an S3 bucket with "
+            "Object Lock (default retention).",
+        ),
+    ] = False,
+    versioned_buckets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--versioned-bucket",
+            metavar="BUCKET",
+            help="With --verify-only: also check that this bucket (e.g. the models bucket) has "
+            "versioning on. Repeatable.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
     work_dir: WorkDirOpt = None,
+    physical: Annotated[
+        bool,
+        typer.Option("--physical", help="A pgBackRest backup of the [pitr] server (--config)."),
+    ] = False,
+    backup_type: Annotated[
+        str | None,
+        typer.Option("--type", help="With --physical: full (default), diff or incr."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="DR_CONFIG", help="dr.toml (for --physical)."),
+    ] = None,
 ) -> None:
     """Take a verified backup of DATABASE_URL (or, with --verify-only, check existing ones)."""
     with _errors(debug):
-        catalog = Catalog(_locations(backup_dir, s3_bucket, s3_prefix))
-        if verify_only:
-            _verify(catalog, latest=latest, as_json=as_json, work_dir=work_dir)
+        if physical:
+            from flows.cli_pitr import run_physical_backup
+
+            run_physical_backup(config, backup_type or "full", as_json)
             return
+        if backup_type is not None:
+            raise ConfigError("--type goes with --physical (a logical backup is always full)")
+        catalog = _catalog(_locations(backup_dir, s3_bucket, s3_prefix))
+        if verify_only:
+            _verify(
+                catalog,
+                latest=latest,
+                as_json=as_json,
+                work_dir=work_dir,
+                require_immutable=require_immutable,
+                versioned_buckets=versioned_buckets or [],
+            )
+            return
+        if require_immutable or versioned_buckets:
+            raise ConfigError("--require-immutable/--versioned-bucket go with --verify-only")
         if latest:
             raise ConfigError("--latest goes with --verify-only (or with dr restore)")
         if not database_url:
@@ -248,15 +303,33 @@ def backup(
             raise typer.Exit(EXIT_FAILED)
 
 
-def _verify(catalog: Catalog, *, latest: bool, as_json: bool, work_dir: Path | None) -> None:
+def _verify(
+    catalog: Catalog,
+    *,
+    latest: bool,
+    as_json: bool,
+    work_dir: Path | None,
+    require_immutable: bool = False,
+    versioned_buckets: list[str] | None = None,
+) -> None:
     with _progress("verify") as progress:
         report = verify_catalog(
-            catalog, now=utcnow(), latest=latest, work_dir=work_dir, progress=progress
+            catalog,
+            now=utcnow(),
+            latest=latest,
+            work_dir=work_dir,
+            progress=progress,
+            require_immutable=require_immutable,
+            versioned_buckets=versioned_buckets or (),
         )
     if as_json:
         _emit_json(
             {
                 "ok": report.ok,
+                "protection": [
+                    {"location": p.location, "immutable": p.immutable, "detail": p.detail}
+                    for p in report.protections
+                ],
                 "results": [
                     {
                         "backup_id": r.backup_id,
@@ -280,6 +353,8 @@ def _verify(catalog: Catalog, *, latest: bool, as_json: bool, work_dir: Path | N
         out.print(table)
         bad = sum(r.status is not Status.OK for r in report.results)
         out.print(f"{len(report.results) - bad} ok, {bad} failed")
+        for p in report.protections:
+            out.print(f"protection: {p.detail}" + (" (immutable)" if p.immutable else ""))
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -339,12 +414,43 @@ def restore_cmd(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
     work_dir: WorkDirOpt = None,
+    target_time: Annotated[
+        str | None,
+        typer.Option("--target-time", help="Point-in-time restore (pgBackRest) to this UTC time."),
+    ] = None,
+    target_lsn: Annotated[
+        str | None, typer.Option("--target-lsn", help="Point-in-time restore to this LSN.")
+    ] = None,
+    target_xid: Annotated[
+        str | None,
+        typer.Option("--target-xid", help="Point-in-time restore to this transaction id."),
+    ] = None,
+    physical: Annotated[
+        bool,
+        typer.Option("--physical", help="With --latest: the newest state from pgBackRest."),
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", envvar="DR_CONFIG", help="dr.toml (physical restores; --list adds them)."
+        ),
+    ] = None,
 ) -> None:
     """Restore a backup safely (side copy, verify, switch), or --list the backups."""
     with _errors(debug):
         locations = _locations(backup_dir, s3_bucket, s3_prefix)
         if list_:
-            _list(Catalog(locations), source_database, as_json)
+            from flows.cli_pitr import physical_listing
+
+            _list(_catalog(locations), source_database, as_json, physical_listing(config))
+            return
+        from flows.cli_pitr import run_physical_restore, target_from_flags
+
+        if physical and not latest:
+            raise ConfigError("--physical goes with --latest (or give a --target-* flag)")
+        pitr_target = target_from_flags(target_time, target_lsn, target_xid, physical and latest)
+        if pitr_target is not None:
+            run_physical_restore(config, pitr_target, confirm=confirm, as_json=as_json)
             return
         chosen = [
             n
@@ -368,7 +474,7 @@ def restore_cmd(
         if backup_file is not None:
             root, backup_id = local_entry_from_path(backup_file)
             locations = [LocalStorage(root), *locations[1:]]
-        catalog = Catalog(locations)
+        catalog = _catalog(locations)
         entry = _select(catalog, target.dbname, source_database, backup_id, before, now)
         plan = plan_restore(target, entry, drop_existing=drop_existing, now=now)
         if not confirm:
@@ -387,7 +493,15 @@ def restore_cmd(
                     out.print(f"  {line}")
             raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
         with _progress(f"fetch {entry.backup_id}", total=entry.manifest.size) as progress:
-            result = restore(plan, confirm=True, jobs=jobs, work_dir=work_dir, progress=progress)
+            result = restore(
+                plan,
+                confirm=True,
+                jobs=jobs,
+                work_dir=work_dir,
+                progress=progress,
+                encryption=catalog.encryption,
+                approved_by=f"--confirm ({actor()})",
+            )
         if as_json:
             _emit_json(
                 {
@@ -443,14 +557,18 @@ def _select(
     return catalog.select(database=database, before=before_t)
 
 
-def _list(catalog: Catalog, database: str | None, as_json: bool) -> None:
+def _list(catalog: Catalog, database: str | None, as_json: bool, physical: Any = None) -> None:
+    """``physical``: the pgBackRest window (flows.cli_pitr) whose backups join the listing."""
+    from flows.cli_pitr import physical_json, physical_rows
+
     listing = catalog.list(database)
     now = utcnow()
     for p in listing.problems:
         err.print(f"dr: warning: {p}")
     if as_json:
         _emit_json(
-            [
+            physical_json(physical)
+            + [
                 {
                     "backup_id": e.backup_id,
                     "database": e.manifest.database,
@@ -468,10 +586,14 @@ def _list(catalog: Catalog, database: str | None, as_json: bool) -> None:
             ]
         )
         return
-    if not listing.backups:
+    extra = physical_rows(physical, now) if physical is not None else []
+    if not listing.backups and not extra:
         out.print("no backups in " + ", ".join(loc.url for loc in catalog.locations))
         return
-    rows = [("ID", "DATABASE", "ENGINE", "TAKEN (UTC)", "AGE", "SIZE", "LOCATIONS", "VERIFIED")]
+    rows: list[tuple[str, ...]] = [
+        ("ID", "DATABASE", "ENGINE", "TAKEN (UTC)", "AGE", "SIZE", "LOCATIONS", "VERIFIED"),
+        *extra,
+    ]
     for e in listing.backups:
         v = e.last_verification
         verified = "-" if v is None else ("ok " if v.ok else "FAILED ") + units.utc(v.at)
@@ -494,6 +616,8 @@ def _list(catalog: Catalog, database: str | None, as_json: bool) -> None:
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
         )
     )
+    if physical is not None:
+        print(physical.describe())
 
 
 # ---- dr scenario / dr demo --------------------------------------------------------------------
@@ -563,15 +687,15 @@ def scenario(
     with _errors(debug):
         if name not in SCENARIOS:
             raise ConfigError(f"unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)}")
+        params = dict(_param(p) for p in param or [])
+        if config is not None:
+            load_config(config)  # fail here, in one line, on a bad file
         if not confirm and not dry_run and not os.environ.get("PREFECT_API_URL"):
             raise ConsentRequired(
                 "without --confirm the scenario pauses for approval in the "
                 "Prefect UI: set PREFECT_API_URL to a running server (dr up), "
                 "or pass --confirm or --dry-run"
             )
-        params = dict(_param(p) for p in param or [])
-        if config is not None:
-            load_config(config)  # fail here, in one line, on a bad file
         _prefect_defaults()
         import importlib
 
@@ -758,3 +882,12 @@ def status(
 
 def main() -> None:
     app()
+
+
+# the other commands register themselves on ``app`` when imported
+from flows import (  # noqa: E402
+    cli_audit,  # noqa: F401  dr audit
+    cli_ops,  # noqa: F401  dr retention, pin, unpin, metrics
+    cli_pitr,  # noqa: F401  dr pitr
+    cli_redis,  # noqa: F401  dr redis
+)

@@ -2,6 +2,8 @@
 
 stop writers -> identify the last good state (newest backup before the deletion) -> approval ->
 restore -> verify (counts + the caller's check queries) -> restart -> report
+With pgBackRest configured ([pitr]) the last good state is the instant just before the deletion:
+a point-in-time recovery of the server (flows/pitr_recovery.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 from prefect import flow
 from prefect.states import State
 
-from flows._scenario import BackupChoice, ScenarioRun
+from flows._scenario import BackupChoice, BackupStrategy, ScenarioRun
+from flows.pitr_recovery import plan_only_pitr, recover_point_in_time
 from flows.recovery import as_utc, plan_only, recover_database, verify_service
 from tasks.core.config import CriticalQuery
+from tasks.core.pitr import Target
 
 
 @flow(name="data-loss", log_prints=True)
@@ -44,10 +48,31 @@ def data_loss(
     """
     deleted_at = as_utc(deleted_at, what="deleted_at")
     run = ScenarioRun("data-loss", config, locals(), deleted_at)
+    # pgBackRest configured and no backup chosen by hand: recover to just before the deletion
+    pitr = run.cfg.pitr is not None and backup.strategy is BackupStrategy.latest
+    target = Target("time", time=deleted_at, exclusive=True)
     if dry_run:
+        if pitr:
+            return plan_only_pitr(run, target)
         return plan_only(run, database, backup, before=deleted_at)
 
     def steps() -> tuple[datetime, list[str]]:
+        if pitr:
+            recover_point_in_time(
+                run,
+                database,
+                target,
+                confirm=confirm,
+                approval_timeout_s=approval_timeout_s,
+                extra_checks=checks,
+            )
+            return verify_service(run), [
+                f"database server recovered to just before {deleted_at:%Y-%m-%d %H:%M:%SZ} "
+                "(point in time, pgBackRest)",
+                "application running at its previous scale",
+                "changes made after the deletion are not in the recovered server: re-apply "
+                "them from the previous data directory if needed",
+            ]
         recover_database(
             run,
             database,

@@ -12,8 +12,16 @@ from typing import Any
 from prefect import flow
 from prefect.states import State
 
-from flows._scenario import BackupChoice, ScenarioRun
-from flows.recovery import as_utc, plan_only, recover_database, verify_service
+from flows._scenario import BackupChoice, BackupStrategy, ScenarioRun
+from flows.pitr_recovery import plan_only_pitr, recover_point_in_time
+from flows.recovery import (
+    as_utc,
+    assess_corruption,
+    plan_only,
+    recover_database,
+    verify_service,
+)
+from tasks.core.pitr import Target
 
 
 @flow(name="database-corruption", log_prints=True)
@@ -44,10 +52,28 @@ def database_corruption(
     """
     incident_at = as_utc(incident_at, what="incident_at")
     run = ScenarioRun("database-corruption", config, locals(), incident_at)
+    # pgBackRest configured and no backup chosen by hand: the fast physical path to the latest
+    pitr = run.cfg.pitr is not None and backup.strategy is BackupStrategy.latest
     if dry_run:
+        if pitr:
+            return plan_only_pitr(run, Target("latest"))
         return plan_only(run, database, backup)
 
     def steps() -> tuple[datetime, list[str]]:
+        if pitr:
+            recover_point_in_time(
+                run,
+                database,
+                Target("latest"),
+                confirm=confirm,
+                approval_timeout_s=approval_timeout_s,
+                assessment=assess_corruption(run, database) if amcheck else (),
+            )
+            return verify_service(run), [
+                f"database server of {database} restored (pgBackRest, latest archived state) "
+                "and live",
+                "application running at its previous scale",
+            ]
         recover_database(
             run,
             database,

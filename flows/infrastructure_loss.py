@@ -1,14 +1,14 @@
 """Scenario 2 of the runbook: complete infrastructure loss.
 
 assess (which backups are reachable, how old) -> provision (manifests, terraform) -> restore the
-database into the new cluster (roles included) -> deploy the application -> update DNS ->
-health-check every URL -> report
+database into the new cluster (roles included) -> restore Redis (when configured) -> deploy the
+application -> update DNS -> health-check every URL -> report
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.states import State
@@ -17,6 +17,7 @@ from flows._scenario import BackupChoice, ScenarioRun
 from flows.recovery import as_utc, plan_only, restore_from_backup, select, verify_service
 from tasks import database as db_tasks
 from tasks import infra
+from tasks import redis as redis_tasks
 from tasks.core.errors import BackupNotFound
 from tasks.core.units import age
 
@@ -53,6 +54,9 @@ def infrastructure_loss(
                 f"provision: manifests {run.cfg.platform.manifests_dir or 'not configured'}, "
                 f"terraform {run.cfg.platform.terraform_dir or 'not configured'}",
                 f"dns: {len(run.cfg.dns.records) if run.cfg.dns else 0} record(s)",
+                f"redis: restore the newest snapshot of {run.cfg.redis.name!r}"
+                if run.cfg.redis
+                else "redis: not configured",
             ],
             stops_workloads=False,
         )
@@ -77,6 +81,20 @@ def infrastructure_loss(
         change = infra.update_dns(cfg)
         return f"{'; '.join(change.records)}: {change.status}"
 
+    def restore_redis() -> str:
+        assert cfg.redis is not None
+        snapshots = [
+            b
+            for b in db_tasks.list_backups(cfg, cfg.redis.name)
+            if b.manifest.engine == "redis" and b.good
+        ]
+        if not snapshots:
+            raise BackupNotFound(f"no good Redis backup named {cfg.redis.name!r}")
+        done = redis_tasks.restore_redis(cfg, snapshots[0], _redis_mode(cfg))
+        keys = ", ".join(f"{d}={a}" for d, _, a in done.counts) or "no keys"
+        aof = ", AOF rewritten" if done.aof_rewritten else ""
+        return f"{snapshots[0].backup_id} ({done.plan.mode} mode): {keys}{aof}"
+
     def approval_plan(entry: Any) -> list[str]:
         p = cfg.platform
         return [
@@ -92,6 +110,9 @@ def infrastructure_loss(
             f"point {len(cfg.dns.records)} DNS record(s) at the new infrastructure"
             if cfg.dns
             else "DNS: not configured",
+            f"restore the newest Redis snapshot of {cfg.redis.name!r} ({_redis_mode(cfg)} mode)"
+            if cfg.redis
+            else "Redis: not configured",
         ]
 
     def steps() -> tuple[datetime, list[str]]:
@@ -125,6 +146,13 @@ def infrastructure_loss(
             approval_timeout_s=approval_timeout_s,
             approval=False,
         )
+        # after the database: Redis holds caches and queues derived from it
+        run.optional(
+            "Restore Redis",
+            "Restore Redis cache",
+            None if cfg.redis else "no [redis] in the config",
+            restore_redis,
+        )
         run.start_workloads(
             {w.name: w.replicas for w in cfg.platform.workloads}, name="Deploy the application"
         )
@@ -145,3 +173,9 @@ def infrastructure_loss(
 
 def _seconds_since(t: datetime) -> float:
     return (datetime.now(UTC) - t).total_seconds()
+
+
+def _redis_mode(cfg: Any) -> Literal["server", "keys"]:
+    """Into the server when the tool controls it, else key by key through the URL."""
+    controlled = cfg.redis is not None and cfg.redis.control in ("local", "kubernetes")
+    return "server" if controlled else "keys"

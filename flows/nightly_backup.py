@@ -12,7 +12,10 @@ from prefect.states import State
 
 from flows._ops import finish, record
 from tasks import backup as backup_tasks
-from tasks.core.config import load_config
+from tasks import monitor as monitor_tasks
+from tasks import pitr as pitr_tasks
+from tasks import redis as redis_tasks
+from tasks.core.config import Config, load_config
 from tasks.core.dburl import redact
 
 
@@ -59,4 +62,68 @@ def nightly_backup(config: str = "") -> State[Any]:
         rows.append({"database": db.name, "backup": backup_id or "-", "ok": ok, "detail": detail})
         if not ok:
             failures.append(f"{db.name}: {detail}")
+    if cfg.pitr is not None:  # pgBackRest: a full physical backup; expiry is pgBackRest's
+        rows.append(_physical_backup(cfg, failures))
+    if cfg.redis is not None:  # runbook "Redis Backups": daily snapshots, 7 days
+        rows.append(_redis_backup(cfg, failures))
+    if cfg.retention is not None and not failures:  # a night that failed deletes nothing
+        try:
+            decisions = monitor_tasks.apply_retention(cfg, datetime.now(UTC))
+            gone = [d for d in decisions if not d.keep]
+            detail = f"tiered retention: {len(gone)} deleted, {len(decisions) - len(gone)} kept"
+            rows.append({"database": "(retention)", "backup": "-", "ok": True, "detail": detail})
+        except Exception as exc:
+            failures.append(f"retention: {redact(str(exc)) or type(exc).__name__}")
     return finish(cfg, "nightly-backup", rows, failures)
+
+
+def _physical_backup(cfg: Config, failures: list[str]) -> dict[str, Any]:
+    started = datetime.now(UTC)
+    target = f"pitr:{cfg.pitr.stanza if cfg.pitr else '-'}"
+    try:
+        result = pitr_tasks.backup_physical(cfg, "full")
+        label = ", ".join(b.label for b in result.backups) or "-"
+        ok, detail = True, f"pgBackRest full backup in {result.duration_s:.1f}s"
+    except Exception as exc:  # recorded and reported like a logical backup failure
+        label, ok, detail = "-", False, redact(str(exc)) or type(exc).__name__
+        failures.append(f"{target}: {detail}")
+    record(cfg, "backup", target, started, ok, detail, backup_id=None if label == "-" else label)
+    return {"database": target, "backup": label, "ok": ok, "detail": detail}
+
+
+def _redis_backup(cfg: Config, failures: list[str]) -> dict[str, Any]:
+    """Snapshot Redis, then verify it where it landed (sha256, RDB structure, CRC64, keys)."""
+    started = datetime.now(UTC)
+    target = cfg.redis.name if cfg.redis else "redis"
+    backup_id, size, ok = None, None, False
+    try:
+        result = redis_tasks.backup_redis(cfg, "nightly")
+        backup_id, size = result.manifest.backup_id, result.manifest.size
+        check = redis_tasks.verify_redis_backup(cfg, backup_id)
+        problems = [f"not stored in {k}: {v}" for k, v in result.failed.items()]
+        problems += [
+            f"{r.location}: {r.status.value} {r.detail}"
+            for r in check.results
+            if r.status.value != "OK"
+        ]
+        if result.housekeeping_error:
+            problems.append(f"housekeeping: {result.housekeeping_error}")
+        ok = not problems
+        detail = "; ".join(problems) or (
+            f"stored in {len(result.committed)} location(s), RDB and checksums verified"
+        )
+    except Exception as exc:  # recorded and reported like a database backup failure
+        detail = redact(str(exc)) or type(exc).__name__
+    if not ok:
+        failures.append(f"{target}: {detail}")
+    record(
+        cfg,
+        "backup",
+        target,
+        started,
+        ok,
+        detail,
+        backup_id=backup_id,
+        extra={"size": size} if size is not None else {},
+    )
+    return {"database": target, "backup": backup_id or "-", "ok": ok, "detail": detail}

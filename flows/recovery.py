@@ -20,6 +20,7 @@ from tasks.core.errors import ConfigError, DRError, VerificationFailed
 
 __all__ = [
     "as_utc",
+    "assess_corruption",
     "plan_only",
     "recover_database",
     "restore_from_backup",
@@ -64,19 +65,21 @@ def restore_from_backup(
 ) -> None:
     """Approval (unless already given: ``confirm``) -> safe restore (side copy, verify,
     switch) -> verify the live data."""
+    approver = "approved earlier in the scenario"
     if approval:
         with run.step("Approval") as s:
             plan = db_tasks.plan_restore(run.cfg, database, entry)
-            s.detail = "approved by " + run.approve(
+            approver = run.approve(
                 [*assessment, *plan.describe()],
                 confirm=confirm,
                 timeout_s=approval_timeout_s,
                 on_reject=on_reject,
             )
+            s.detail = "approved by " + approver
     with run.step("Restore the database", "Restore database") as s:
         if not approval:  # approved earlier in the scenario, before anything else changed
             plan = db_tasks.plan_restore(run.cfg, database, entry)
-        result = db_tasks.restore_database(plan)
+        result = db_tasks.restore_database(run.cfg, plan, f"{run.scenario}: {approver}")
         if result.roles_created:
             run.report.final_state.append(
                 "roles created WITHOUT a password (set them before the application can log "
@@ -111,21 +114,14 @@ def recover_database(
     before: datetime | None = None,
     extra_checks: Sequence[CriticalQuery] = (),
 ) -> None:
-    """Stop the application, assess the database, restore it, start the application again."""
+    """Identify the backup, stop the application, assess the database, restore it, start the
+    application again. The backup is chosen first: a database or backup that does not exist
+    fails the run before anything is stopped."""
     workloads = [w.name for w in run.cfg.platform.workloads]
-    run.stop_workloads(workloads)
-    assessment: list[str] = []
-    if amcheck:
-        with run.step("Confirm the corruption", "Assess situation and scope") as s:
-            check = db_tasks.check_database(run.cfg, database)
-            select_one = "ok" if check.select_one else "failed"
-            s.detail = (
-                f"reachable={check.reachable}, SELECT 1 {select_one}, amcheck: {check.amcheck}"
-            )
-            assessment.append(f"assessment: {s.detail}")
-            if check.healthy:
-                assessment.append("NOTE: no corruption was detected; restore only if you are sure")
+    run.cfg.database(database)
     entry = select(run, database, choice, before)
+    run.stop_workloads(workloads)
+    assessment = assess_corruption(run, database) if amcheck else []
     restore_from_backup(
         run,
         database,
@@ -136,6 +132,19 @@ def recover_database(
         extra_checks=extra_checks,
     )
     run.start_workloads()
+
+
+def assess_corruption(run: ScenarioRun, database: str) -> list[str]:
+    """Connectivity, SELECT 1 and pg_amcheck: lines for the approval request."""
+    assessment: list[str] = []
+    with run.step("Confirm the corruption", "Assess situation and scope") as s:
+        check = db_tasks.check_database(run.cfg, database)
+        select_one = "ok" if check.select_one else "failed"
+        s.detail = f"reachable={check.reachable}, SELECT 1 {select_one}, amcheck: {check.amcheck}"
+        assessment.append(f"assessment: {s.detail}")
+        if check.healthy:
+            assessment.append("NOTE: no corruption was detected; restore only if you are sure")
+    return assessment
 
 
 def verify_service(run: ScenarioRun) -> datetime:

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
+from tasks.core import audit, environment
+from tasks.core.audit import AuditRecord
+from tasks.core.config import Config
+from tasks.core.dburl import redact
 from tasks.core.errors import TransientError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +31,47 @@ def _transient_only(task_: Task[..., Any], task_run: TaskRun, state: State[Any])
     except BaseException:
         return False
     return False
+
+
+def _read_secret_block(name: str) -> str:
+    """The value of the Prefect Secret block ``name`` ([encryption] key_block)."""
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(name).get()  # type: ignore[union-attr]
+    return str(value)
+
+
+environment.SECRET_BLOCK_READER = _read_secret_block
+
+
+@contextlib.contextmanager
+def audited(cfg: Config, action: str, target: str, detail: str = "") -> Iterator[None]:
+    """Append the action's outcome to the audit trail (tasks/core/audit.py). In a flow the
+    approval is the flow run's own approval step, named by the run; outside one, the caller."""
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id) if flow_run.id else None
+    approved = (
+        f"{flow_run.flow_name} flow run {flow_run.name} (its approval step or confirm=True)"
+        if run_id
+        else "direct call"
+    )
+
+    def write(outcome: str) -> None:
+        rec = AuditRecord(
+            datetime.now(UTC), action, target, outcome, approved,
+            environment=cfg.environment, detail=detail, flow_run=run_id,
+        )  # fmt: skip
+        refused = audit.record(environment.build_locations(cfg), rec)
+        if refused:
+            get_run_logger().warning("audit record not written to %s", ", ".join(refused))
+
+    try:
+        yield
+    except BaseException as exc:
+        write(f"failed: {redact(str(exc)) or type(exc).__name__}")
+        raise
+    write("ok")
 
 
 def dr_task(*, retries: int = 0, name: str | None = None) -> Callable[[F], F]:

@@ -10,7 +10,7 @@ from tasks.core import verify as core_verify
 from tasks.core.backup import BackupResult, backup_database
 from tasks.core.catalog import BackupEntry
 from tasks.core.config import Config
-from tasks.core.environment import build_catalog
+from tasks.core.environment import build_catalog, encryption_key
 
 
 @dr_task()
@@ -28,7 +28,8 @@ def take_backup(cfg: Config, database: str, trigger: str) -> BackupResult:
             url,
             catalog,
             progress=progress,
-            retention_days=cfg.storage.retention_days,
+            # with [retention] the nightly flow applies the tiered policy once, after all backups
+            retention_days=None if cfg.retention else cfg.storage.retention_days,
             labels={"trigger": trigger},
         )
 
@@ -40,7 +41,13 @@ def verify_backups(
     """Checksums and archive readability in every location (only ``backup_id`` if given)."""
     catalog = build_catalog(cfg)
     if backup_id is None:
-        return core_verify.verify_catalog(catalog, now=datetime.now(UTC), latest=latest)
+        return core_verify.verify_catalog(
+            catalog,
+            now=datetime.now(UTC),
+            latest=latest,
+            require_immutable=cfg.storage.require_immutable,
+            versioned_buckets=cfg.storage.versioned_buckets,
+        )
     return core_verify.VerifyReport(
         core_verify.verify_and_record(catalog, catalog.get(backup_id), now=datetime.now(UTC))
     )
@@ -51,7 +58,11 @@ def restore_test(cfg: Config, database: str, entry: BackupEntry) -> restoretest.
     """Restore into a scratch target, smoke-test, tear down (also on failure)."""
     db = cfg.database(database)
     return restoretest.run_restore_test(
-        entry, db.resolve_url(), db.critical_queries, scratch_server=db.scratch_server()
+        entry,
+        db.resolve_url(),
+        db.critical_queries,
+        scratch_server=db.scratch_server(),
+        encryption=encryption_key(cfg),
     )
 
 

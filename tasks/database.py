@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from prefect.runtime import flow_run
+
 from tasks._base import dr_task, progress_artifact
 from tasks.core import dbcheck
 from tasks.core import restore as core_restore
 from tasks.core.catalog import BackupEntry
 from tasks.core.config import Config, CriticalQuery
 from tasks.core.engines.postgres import PostgresEngine
-from tasks.core.environment import build_catalog
+from tasks.core.environment import build_catalog, encryption_key
 from tasks.core.report import Check
 
 
@@ -49,13 +51,23 @@ def plan_restore(cfg: Config, database: str, entry: BackupEntry) -> core_restore
 
 
 @dr_task()
-def restore_database(plan: core_restore.RestorePlan) -> core_restore.RestoreResult:
+def restore_database(
+    cfg: Config, plan: core_restore.RestorePlan, approved_by: str
+) -> core_restore.RestoreResult:
     """Side copy -> verify counts -> switch; the previous database is kept. Not retried: a
-    restore that failed has cleaned up after itself and needs a human to look."""
+    restore that failed has cleaned up after itself and needs a human to look. The key of an
+    encrypted backup comes from [encryption]; ``approved_by`` goes to the audit trail."""
     with progress_artifact(
         "restore-progress", f"fetching {plan.entry.backup_id}", plan.entry.manifest.size
     ) as progress:
-        return core_restore.restore(plan, confirm=True, progress=progress)
+        return core_restore.restore(
+            plan,
+            confirm=True,
+            progress=progress,
+            encryption=encryption_key(cfg),
+            approved_by=approved_by,
+            audit_context={"environment": cfg.environment, "flow_run": str(flow_run.id)},
+        )
 
 
 @dr_task(retries=2)

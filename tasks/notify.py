@@ -21,6 +21,11 @@ def notify(
     cfg: Config, subject: str, body: str, audiences: Sequence[str] = ("on-call",)
 ) -> list[str]:
     """Send to every target whose audience is in ``audiences``; returns the targets reached."""
+    return deliver(cfg, subject, body, audiences)
+
+
+def deliver(cfg: Config, subject: str, body: str, audiences: Sequence[str]) -> list[str]:
+    """``notify`` without a task of its own, for tasks that send several messages."""
     log = get_run_logger()
     reached: list[str] = []
     for target in cfg.notifications:

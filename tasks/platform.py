@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tasks._base import dr_task
+from tasks._base import audited, dr_task
 from tasks.core.config import Config
 from tasks.core.environment import open_platform
 from tasks.core.platform import ScaleState
@@ -13,13 +13,14 @@ from tasks.core.platform import ScaleState
 @dr_task(retries=2)
 def scale_down_workloads(cfg: Config, workloads: Sequence[str]) -> ScaleState:
     """Scale to 0 and return the replicas each had: the recorded inverse of this step."""
-    with open_platform(cfg) as platform:
+    with audited(cfg, "scale", ", ".join(workloads), "to 0"), open_platform(cfg) as platform:
         return platform.scale_down(workloads)
 
 
 @dr_task(retries=3)
 def scale_up_workloads(cfg: Config, state: ScaleState) -> None:
-    with open_platform(cfg) as platform:
+    target = ", ".join(f"{w}={n}" for w, n in state.replicas.items())
+    with audited(cfg, "scale", target, "back up"), open_platform(cfg) as platform:
         platform.scale_up(state)
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import boto3
 import psycopg
+import psycopg.sql
 import pytest
 
 from tasks.core.pgcluster import PgCluster, free_port
 from tests.k8s_emulator import k8s_emulator  # noqa: F401 - a fixture for every test module
+from tests.redis_server import redis_server  # noqa: F401 - a fixture for every test module
 
 REPO = Path(__file__).resolve().parent.parent
 DR = str(Path(sys.executable).with_name("dr"))
@@ -45,7 +47,11 @@ def dbname(pg: PgCluster) -> Iterator[str]:
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{name}%",)
         ).fetchall()
         for (db,) in rows:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(db)
+                )
+            )
 
 
 def psql(url: str, sql: str) -> str:

@@ -13,6 +13,8 @@ uses, returning complete objects (the 37.x client validates every response with 
 - Pods: GET list with an equality ``labelSelector``, derived from the controllers' pods.
 - Secrets: GET/POST/PATCH/PUT/DELETE; ``data`` must be base64, ``stringData`` is folded into it.
 - Namespaces: GET one or the list; objects are only created in existing namespaces.
+- Pods' ``exec`` over WebSocket (channel protocol v4): the command runs on this machine, as if the
+  container were it (tests put a local redis-server's files behind a pod this way).
 - Server-side apply (PATCH ``application/apply-patch+yaml``) of any resource path: creates or
   merges (fields dropped from a manifest are not pruned), needs ``fieldManager``, records the
   manager in ``metadata.managedFields``; an apply that changes nothing keeps resourceVersion.
@@ -21,17 +23,22 @@ uses, returning complete objects (the 37.x client validates every response with 
 
 ``ClusterState.requests`` logs every request (method, path, query, content type) and
 ``fail_next`` makes the next requests fail with a chosen status (503, 403, ...).
+``enforce_role`` makes it answer 403, like the real API's RBAC, to any request that the rules of
+a Role (e.g. deployments/kubernetes/21-rbac-application.yaml) do not allow; ``denied`` lists them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import hashlib
 import itertools
 import json
 import re
+import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -47,7 +54,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import yaml
 
-__all__ = ["ClusterState", "Emulator", "Request", "k8s_emulator", "run_emulator"]
+__all__ = [
+    "ClusterState",
+    "Emulator",
+    "Request",
+    "application_role",
+    "k8s_emulator",
+    "run_emulator",
+]
 
 NAMESPACE = "dr"
 TOKEN = "emulator-token"
@@ -164,11 +178,48 @@ class ClusterState:
         self.objects: dict[str, dict[str, Any]] = {}  # REST path of an object -> the object
         self.controllers: dict[str, _Controller] = {}  # REST path of a workload -> controller
         self.requests: list[Request] = []
+        self.role: list[dict[str, Any]] | None = None  # RBAC rules; None allows everything
+        self.denied: list[str] = []  # "verb resource (group)" of every request RBAC refused
         self._failures: list[_Failure] = []
         self._versions = itertools.count(1)
         self.create_namespace(NAMESPACE)
 
     # -- helpers for tests ------------------------------------------------------------------
+
+    def enforce_role(self, rules: list[dict[str, Any]]) -> None:
+        """Allow only what these Role rules allow (``apiGroups``/``resources``/``verbs``)."""
+        with self.lock:
+            self.role = rules
+
+    def _authorize(self, method: str, path: str, query: dict[str, list[str]]) -> None:
+        m = _PATH.match(path)
+        if self.role is None or m is None:
+            return
+        prefix, ns, plural, name, sub = m.group("prefix", "ns", "plural", "name", "sub")
+        group = prefix.split("/")[2] if prefix.startswith("/apis/") else ""
+        resource = f"{plural}/{sub}" if sub else plural
+        collection = {
+            "GET": "watch" if query.get("watch") else "list",
+            "DELETE": "deletecollection",
+        }
+        single = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        verb = "create" if method == "POST" else (single if name else collection).get(method, "?")
+        for rule in self.role:
+            if (
+                {group, "*"} & set(rule.get("apiGroups", []))
+                and {resource, "*"} & set(rule.get("resources", []))
+                and {verb, "*"} & set(rule.get("verbs", []))
+                and (not rule.get("resourceNames") or name in rule["resourceNames"])
+            ):
+                return
+        self.denied.append(f"{verb} {resource} ({group or 'core'})")
+        where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+        raise ApiError(
+            403,
+            f"{plural} {f'{name!r} ' if name else ''}is forbidden: User "
+            f'"system:serviceaccount:dr-pipelines:dr-pipelines" cannot {verb} resource '
+            f'"{resource}" in API group "{group}"{where}',
+        )
 
     @staticmethod
     def path(kind: str, name: str, namespace: str | None = NAMESPACE) -> str:
@@ -444,6 +495,7 @@ class ClusterState:
             try:
                 if authorization != f"Bearer {TOKEN}":
                     raise ApiError(401, "Unauthorized")
+                self._authorize(method, url.path, query)
                 for failure in self._failures:
                     if failure.remaining > 0 and (
                         failure.match is None or failure.match in f"{method} {url.path}"
@@ -720,12 +772,48 @@ def _selects(selector: str, pod: dict[str, Any]) -> bool:
     return True
 
 
+_EXEC = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/exec$")
+
+
+def _read_frame(rfile: Any) -> tuple[int, bytes] | None:
+    """One WebSocket frame from a client (masked, as clients must send them)."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None
+    opcode, n = head[0] & 0x0F, head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", rfile.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", rfile.read(8))[0]
+    mask = rfile.read(4) if head[1] & 0x80 else b""
+    data = rfile.read(n)
+    if mask:
+        key = (mask * (n // 4 + 1))[:n]
+        data = (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+    return opcode, data
+
+
+def _frame(opcode: int, data: bytes) -> bytes:
+    """One unmasked server frame."""
+    n = len(data)
+    if n < 126:
+        size = bytes([n])
+    elif n < 1 << 16:
+        size = bytes([126]) + struct.pack(">H", n)
+    else:
+        size = bytes([127]) + struct.pack(">Q", n)
+    return bytes([0x80 | opcode]) + size + data
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real API server
     disable_nagle_algorithm = True  # else each response waits ~40 ms for a delayed ACK
     server: _Server
 
     def _answer(self) -> None:
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self._exec()
+            return
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         code, body = self.server.state.handle(
@@ -743,6 +831,84 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+    def _exec(self) -> None:
+        """``pods/<name>/exec`` over WebSocket (channel protocol v4, what ``kubectl exec`` and
+        the client's ``stream`` speak). The pod's container is this machine: the command runs
+        here, stdin frames (channel 0) are piped to it, its stdout/stderr come back on channels
+        1/2 and its exit status on channel 3, then the socket closes."""
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        m = _EXEC.match(url.path)
+        state = self.server.state
+        with state.lock:
+            state.requests.append(Request("GET", url.path, query, None))
+            ok = (
+                m is not None
+                and self.headers.get("Authorization") == f"Bearer {TOKEN}"
+                and m.group("pod") in {p["metadata"]["name"] for p in state._pods(m.group("ns"))}
+                and bool(query.get("command"))
+            )
+        if not ok:
+            self.send_error(404)
+            return
+        key = self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        accept = hashlib.sha1(key.encode(), usedforsecurity=False).digest()  # the RFC's choice
+        self.send_header("Sec-WebSocket-Accept", base64.b64encode(accept).decode())
+        v4 = "v4.channel.k8s.io"
+        self.send_header("Sec-WebSocket-Protocol", v4 if v4 in offered else offered[0])
+        self.end_headers()
+        proc = subprocess.Popen(
+            query["command"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+        assert stdin is not None
+        assert stdout is not None
+        assert stderr is not None
+
+        def pump() -> None:  # client frames -> stdin, until a close frame or the end
+            try:
+                while (frame := _read_frame(self.rfile)) is not None:
+                    opcode, data = frame
+                    if opcode == 0x8:
+                        break
+                    if opcode in (0x1, 0x2) and data[:1] == b"\x00":
+                        stdin.write(data[1:])
+                        stdin.flush()
+            except (OSError, ValueError):
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    stdin.close()
+
+        threading.Thread(target=pump, daemon=True).start()
+        errors: list[bytes] = []
+        reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+        reader.start()
+        out = stdout.read()
+        code = proc.wait()
+        reader.join()
+        stdout.close()
+        stderr.close()
+        status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+        if code != 0:
+            status = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: {code}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }
+        for channel, data in ((1, out), (2, b"".join(errors)), (3, json.dumps(status).encode())):
+            if data:
+                self.wfile.write(_frame(0x2, bytes([channel]) + data))
+        self.wfile.write(_frame(0x8, b""))
+        self.wfile.flush()
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log is ClusterState.requests
@@ -770,6 +936,17 @@ class Emulator:
 
     def seed_statefulset(self, name: str, replicas: int = 1, **kwargs: Any) -> None:
         self.state.seed_workload(name, kind="StatefulSet", replicas=replicas, **kwargs)
+
+
+ROLE_FILE = Path(__file__).parent.parent / "deployments/kubernetes/21-rbac-application.yaml"
+
+
+def application_role() -> list[dict[str, Any]]:
+    """The rules of the Role the scenario flows run under (docs/security.md)."""
+    for doc in yaml.safe_load_all(ROLE_FILE.read_text()):
+        if doc and doc.get("kind") == "Role":
+            return list(doc["rules"])
+    raise AssertionError(f"no Role in {ROLE_FILE}")
 
 
 @contextmanager

@@ -17,11 +17,18 @@ from typing import BinaryIO, Literal
 
 import zstandard
 
-from tasks.core.errors import DRError, IntegrityError
-from tasks.core.manifest import Artefact
+from tasks.core.crypto import Decryptor, EncryptionKey, Encryptor
+from tasks.core.errors import ConfigError, DRError, IntegrityError
+from tasks.core.manifest import Artefact, Encryption
 from tasks.core.storage import Storage, Writer
 
-__all__ = ["ArtefactWriter", "LocationFailure", "fetch_artefact", "iter_verified"]
+__all__ = [
+    "ArtefactWriter",
+    "LocationFailure",
+    "check_stored",
+    "fetch_artefact",
+    "iter_verified",
+]
 
 Progress = Callable[[int], None]
 ZSTD_LEVEL = 3  # chosen by measurement: docs/benchmarks.md
@@ -46,17 +53,25 @@ class ArtefactWriter:
         locations: Sequence[Storage],
         key: str,
         *,
-        fmt: Literal["pg_dump-custom", "sqlite"],
+        fmt: Literal["pg_dump-custom", "sqlite", "redis-rdb"],
         compress: bool = True,
         level: int = ZSTD_LEVEL,
         threads: int | None = None,
+        encryption: EncryptionKey | None = None,
     ) -> None:
+        """``encryption``: seal the (compressed) stream with this key before it is hashed and
+        leaves the machine (tasks/core/crypto.py); the manifest records the key id."""
         self.key, self.fmt = key, fmt
+        self._enc = Encryptor(encryption) if encryption else None
+        self._key_id = encryption.key_id if encryption else None
         self.failures: list[LocationFailure] = []
         self._writers: dict[str, tuple[Storage, Writer]] = {}
         for loc in locations:
             try:
                 self._writers[loc.url] = (loc, loc.open_writer(key))
+            except ConfigError:  # a location misconfigured (no bucket, no access): the user's
+                self.abort()  # to fix, before anything is written anywhere
+                raise
             except DRError as exc:
                 self.failures.append(LocationFailure(loc.url, exc))
         if not self._writers:
@@ -98,12 +113,13 @@ class ArtefactWriter:
 
     def write(self, raw: bytes) -> None:
         self._raw += len(raw)
-        self._emit(self._zstd.compress(raw) if self._zstd else raw)
+        data = self._zstd.compress(raw) if self._zstd else raw
+        self._emit(self._enc.update(data) if self._enc else data)
 
     def close(self) -> Artefact:
         """Flush and commit in every live location; raises if none committed."""
-        if self._zstd:
-            self._emit(self._zstd.flush())
+        tail = self._zstd.flush() if self._zstd else b""
+        self._emit(self._enc.update(tail) + self._enc.finalize() if self._enc else tail)
         for url, (loc, writer) in list(self._writers.items()):
             try:
                 writer.commit()
@@ -116,6 +132,7 @@ class ArtefactWriter:
             key=self.key,
             format=self.fmt,
             compression="zstd" if self._zstd else "none",
+            encryption=Encryption(key_id=self._key_id) if self._key_id else None,
             size=self._size,
             sha256=self._hash.hexdigest(),
             raw_size=self._raw,
@@ -128,13 +145,26 @@ class ArtefactWriter:
 
 
 def iter_verified(
-    storage: Storage, art: Artefact, progress: Progress | None = None
+    storage: Storage,
+    art: Artefact,
+    progress: Progress | None = None,
+    key: EncryptionKey | None = None,
 ) -> Iterable[bytes]:
-    """The artefact's *decompressed* bytes; raises IntegrityError at the end if the stored bytes
-    do not match size and sha256 (so callers must not act on the data before exhaustion)."""
+    """The artefact's *plain* bytes (decrypted, decompressed); raises IntegrityError at the end
+    if the stored bytes do not match size and sha256 (so callers must not act on the data before
+    exhaustion). An encrypted artefact needs ``key``: without it, or with another key, this
+    raises ConfigError before reading anything."""
+    where = f"{storage.url}/{art.key}"
+    dec = _decryptor(art, key, where)
+    unz = zstandard.ZstdDecompressor().decompressobj() if art.compression == "zstd" else None
     digest, size = hashlib.sha256(), 0
-    dec = zstandard.ZstdDecompressor().decompressobj() if art.compression == "zstd" else None
-    broken: zstandard.ZstdError | None = None
+    broken: Exception | None = None
+
+    def plain(data: bytes, last: bool = False) -> bytes:
+        if dec is not None:
+            data = dec.update(data) + (dec.finalize() if last else b"")
+        return unz.decompress(data) if unz is not None and data else data
+
     try:
         for chunk in storage.get(art.key):
             digest.update(chunk)
@@ -142,21 +172,64 @@ def iter_verified(
             if progress:
                 progress(len(chunk))
             if size > art.size:
-                raise IntegrityError(
-                    f"{storage.url}/{art.key}: larger than the manifest says ({art.size} bytes)"
-                )
+                raise IntegrityError(f"{where}: larger than the manifest says ({art.size} bytes)")
             if broken is not None:
                 continue  # keep hashing: the sha256 verdict is the precise one
-            if dec is not None:
-                try:
-                    out = dec.decompress(chunk)
-                except zstandard.ZstdError as exc:
-                    broken = exc
-                    continue
-                if out:
-                    yield out
-            else:
-                yield chunk
+            try:
+                out = plain(chunk)
+            except (zstandard.ZstdError, IntegrityError) as exc:
+                broken = exc
+                continue
+            if out:
+                yield out
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"{where}: missing") from exc
+    if size != art.size:
+        raise IntegrityError(f"{where}: {size} bytes, manifest says {art.size} (truncated?)")
+    if digest.hexdigest() != art.sha256:
+        raise IntegrityError(f"{where}: sha256 mismatch (corrupted)")
+    if broken is None:
+        try:
+            out = plain(b"", last=True)
+        except (zstandard.ZstdError, IntegrityError) as exc:
+            broken = exc
+        else:
+            if out:
+                yield out
+    if isinstance(broken, IntegrityError):
+        raise broken
+    if broken is not None:
+        raise IntegrityError(f"{where}: corrupt zstd stream: {broken}")
+    if unz is not None and not unz.eof:
+        raise IntegrityError(f"{where}: zstd stream ends early (truncated)")
+
+
+def _decryptor(art: Artefact, key: EncryptionKey | None, where: str) -> Decryptor | None:
+    if art.encryption is None:
+        return None
+    if key is None:
+        raise ConfigError(
+            f"{where} is encrypted (key id {art.encryption.key_id}): give its key "
+            "(DR_ENCRYPTION_KEY, or [encryption] in dr.toml)"
+        )
+    if key.key_id != art.encryption.key_id:
+        raise ConfigError(
+            f"{where} is encrypted with key id {art.encryption.key_id}, but the key"
+            f"{' from ' + key.source if key.source else ''} has id {key.key_id}: "
+            "give the backup's key"
+        )
+    return Decryptor(key, where)
+
+
+def check_stored(storage: Storage, art: Artefact, progress: Progress | None = None) -> None:
+    """Size and sha256 of the stored bytes only (no key needed); raises IntegrityError."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        for chunk in storage.get(art.key):
+            digest.update(chunk)
+            size += len(chunk)
+            if progress:
+                progress(len(chunk))
     except FileNotFoundError as exc:
         raise IntegrityError(f"{storage.url}/{art.key}: missing") from exc
     if size != art.size:
@@ -165,27 +238,33 @@ def iter_verified(
         )
     if digest.hexdigest() != art.sha256:
         raise IntegrityError(f"{storage.url}/{art.key}: sha256 mismatch (corrupted)")
-    if broken is not None:
-        raise IntegrityError(f"{storage.url}/{art.key}: corrupt zstd stream: {broken}")
-    if dec is not None and not dec.eof:
-        raise IntegrityError(f"{storage.url}/{art.key}: zstd stream ends early (truncated)")
 
 
 def fetch_artefact(
-    storage: Storage, art: Artefact, dest: Path, progress: Progress | None = None
+    storage: Storage,
+    art: Artefact,
+    dest: Path,
+    progress: Progress | None = None,
+    observe: Callable[[bytes], None] | None = None,
+    key: EncryptionKey | None = None,
 ) -> Path:
-    """Decompress the artefact into ``dest`` (0600); the file exists only if it checked out."""
+    """Decompress the artefact into ``dest`` (0600); the file exists only if it checked out.
+    ``observe`` sees every decompressed chunk in order, as it is written."""
     tmp = dest.with_name(dest.name + ".partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            _copy(iter_verified(storage, art, progress), f)
+            _copy(iter_verified(storage, art, progress, key), f, observe)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
 
 
-def _copy(chunks: Iterable[bytes], f: BinaryIO) -> None:
+def _copy(
+    chunks: Iterable[bytes], f: BinaryIO, observe: Callable[[bytes], None] | None = None
+) -> None:
     for chunk in chunks:
         f.write(chunk)
+        if observe:
+            observe(chunk)

@@ -11,7 +11,7 @@ from tasks.core.errors import ConfigError, PermanentError, TransientError
 
 __all__ = ["aws_errors"]
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "ObjectLockConfigurationNotFoundError"}
 _TRANSIENT = {
     "InternalError",
     "ServiceUnavailable",

@@ -69,7 +69,10 @@ def backup_database(
     backup_id = new_backup_id(url.dbname, started)
     if url.engine == "postgresql":
         writer = ArtefactWriter(
-            catalog.locations, f"{backup_id}/{PG_ARTEFACT}", fmt="pg_dump-custom"
+            catalog.locations,
+            f"{backup_id}/{PG_ARTEFACT}",
+            fmt="pg_dump-custom",
+            encryption=catalog.encryption,
         )
         try:
             info = PostgresEngine(url).dump(writer.write, progress)
@@ -103,7 +106,10 @@ def backup_database(
             consistent_at = now()
             counts = sqlite.count_rows(copy)
             writer = ArtefactWriter(
-                catalog.locations, f"{backup_id}/{SQLITE_ARTEFACT}", fmt="sqlite"
+                catalog.locations,
+                f"{backup_id}/{SQLITE_ARTEFACT}",
+                fmt="sqlite",
+                encryption=catalog.encryption,
             )
             try:
                 with open(copy, "rb") as f:
@@ -148,7 +154,9 @@ def backup_database(
 
     # housekeeping only where this backup landed: a location that just failed is left alone
     # and a failure here is reported next to the committed backup, never instead of it
-    healthy = Catalog([loc for loc in catalog.locations if loc.url in committed])
+    healthy = Catalog(
+        [loc for loc in catalog.locations if loc.url in committed], catalog.encryption
+    )
     swept: list[str] = []
     decisions: list[retention.Decision] = []
     housekeeping_error = None
@@ -156,12 +164,13 @@ def backup_database(
         swept = healthy.sweep(now(), sweep_grace)
         if retention_days is not None:
             listing = healthy.list()
+            holds = retention.read_holds(healthy.locations, now())  # pins, running restores
             decisions = retention.plan(
-                retention.candidates(listing.backups),
+                retention.candidates(listing.backups, holds),
                 retention.AgePolicy(timedelta(days=retention_days)),
                 now(),
             )
-            retention.apply(healthy, listing.backups, decisions)
+            retention.apply(healthy, listing.backups, decisions, now=now())
     except DRError as exc:
         housekeeping_error = str(exc)
     return BackupResult(

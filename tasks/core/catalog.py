@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tasks.core.crypto import EncryptionKey
 from tasks.core.errors import BackupNotFound, ConfigError, DRError, IntegrityError
 from tasks.core.manifest import ID_PATTERN, MANIFEST, Manifest
 from tasks.core.storage import ObjectInfo, Storage
@@ -103,10 +104,15 @@ class Listing:
 class Catalog:
     """Backups across ``locations``; the first location is preferred for reads."""
 
-    def __init__(self, locations: Sequence[Storage]) -> None:
+    def __init__(
+        self, locations: Sequence[Storage], encryption: EncryptionKey | None = None
+    ) -> None:
+        """``encryption``: the key new backups are encrypted with, and encrypted backups are
+        read with (tasks/core/crypto.py); None writes unencrypted backups."""
         if not locations:
             raise ConfigError("no backup location: give --backup-dir and/or --s3-bucket")
         self.locations = tuple(locations)
+        self.encryption = encryption
 
     def _scan(self, loc: Storage) -> dict[str, list[ObjectInfo]]:
         by_id: dict[str, list[ObjectInfo]] = defaultdict(list)

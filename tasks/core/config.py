@@ -13,6 +13,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import (
     BaseModel,
@@ -27,15 +28,20 @@ from tasks.core.dburl import DatabaseURL, parse_database_url, redact
 from tasks.core.errors import ConfigError
 
 __all__ = [
+    "CommunicationConfig",
     "Config",
     "CriticalQuery",
     "DatabaseConfig",
     "DnsConfig",
     "DnsRecord",
     "HealthCheck",
+    "MonitoringConfig",
     "Notification",
     "Objectives",
+    "PitrConfig",
     "PlatformConfig",
+    "RedisConfig",
+    "RetentionConfig",
     "SecretsConfig",
     "StorageConfig",
     "Workload",
@@ -61,6 +67,30 @@ class StorageConfig(_Model):
     s3_bucket: str | None = None
     s3_prefix: str = "database-backups"
     retention_days: int | None = Field(30, ge=1)
+    s3_sse: Literal["AES256", "aws:kms"] | None = None  # server-side encryption on every write
+    s3_kms_key_id: str | None = None  # with s3_sse = "aws:kms"; default: the account's key
+    require_immutable: bool = False  # verification fails unless a copy is under Object Lock
+    versioned_buckets: tuple[str, ...] = ()  # must have versioning (the runbook's models bucket)
+
+    @model_validator(mode="after")
+    def _kms(self) -> StorageConfig:
+        if self.s3_kms_key_id and self.s3_sse != "aws:kms":
+            raise ValueError('s3_kms_key_id needs s3_sse = "aws:kms"')
+        return self
+
+
+class EncryptionConfig(_Model):
+    """Client-side encryption of every backup artefact (docs/security.md). The key is never in
+    the file: it is read from an environment variable or a Prefect Secret block."""
+
+    key_env: str | None = None
+    key_block: str | None = None  # flows only: the dr CLI runs without a Prefect server
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EncryptionConfig:
+        if (self.key_env is None) == (self.key_block is None):
+            raise ValueError("give exactly one of key_env or key_block")
+        return self
 
 
 class CriticalQuery(_Model):
@@ -89,6 +119,11 @@ class DatabaseConfig(_Model):
             raise ValueError(
                 "contains a password: keep it out of the file (use url_env or password_env)"
             )
+        if v is not None:
+            try:
+                parse_database_url(v)  # a malformed URL fails when the file is read
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     def scratch_server(self) -> str | None:
@@ -185,6 +220,129 @@ class Notification(_Model):
         return self
 
 
+class RetentionConfig(_Model):
+    """The runbook's "Backup Retention Policy" (GFS tiers per location kind, in days; 0: the tier
+    keeps nothing there). Replaces ``storage.retention_days`` when present. docs/retention.md."""
+
+    local_daily_days: int = Field(7, ge=0)
+    local_weekly_days: int = Field(30, ge=0)
+    local_monthly_days: int = Field(0, ge=0)
+    s3_daily_days: int = Field(30, ge=0)
+    s3_weekly_days: int = Field(90, ge=0)
+    s3_monthly_days: int = Field(365, ge=0)
+    redis_days: int = Field(7, ge=0)  # engine "redis" backups, in every location
+
+
+class MonitoringConfig(_Model):
+    """Thresholds of the hourly backup monitor (runbook "Monitoring & Alerting")."""
+
+    failed_runs: int = Field(2, ge=1)  # alert when this many backup runs in a row failed
+    size_change_pct: float = Field(20, gt=0)  # ... when size leaves median(previous) +- this
+    size_baseline: int = Field(7, ge=1)  # ... the median over this many previous good backups
+    max_backup_age_hours: float = Field(26, gt=0)  # ... when the newest good backup is older
+    textfile_dir: Path | None = None  # the monitor also writes dr.prom here (node-exporter)
+
+
+class CommunicationConfig(_Model):
+    """The runbook's "Communication Plan": when each audience is told (docs/communication.md)."""
+
+    engineering_after_minutes: float = Field(15, ge=0)
+    management_after_minutes: float = Field(30, ge=0)
+    users_after_downtime_minutes: float = Field(60, ge=0)
+    check_every_minutes: float = Field(5, gt=0)  # the escalation deployment's period
+
+
+class PitrConfig(_Model):
+    """Physical backups and point-in-time recovery through pgBackRest (docs/pitr.md)."""
+
+    stanza: str = Field("main", pattern=r"^[A-Za-z0-9_.-]+$")
+    database: str | None = None  # the [[databases]] entry on this server (default: the first)
+    data_dir: Path  # the server's data directory (restores go next to it, never into it)
+    bin_dir: Path | None = None  # where pg_ctl is (default: the installed PostgreSQL)
+    os_user: str = "postgres"  # the server's OS user: pgBackRest and pg_ctl run as it
+    port: int | None = Field(None, ge=1, le=65535)  # default: the database URL's port
+    socket_dir: Path | None = None  # default: pgBackRest's (/var/run/postgresql)
+    config_dir: Path = Path("/var/lib/pgbackrest-dr")  # pgbackrest.conf, log, lock, spool
+    repo_path: Path | None = None  # a repository on a local path (restores come from it first)
+    s3: bool = False  # a repository in [storage].s3_bucket under s3_prefix
+    s3_prefix: str = "pgbackrest"
+    s3_endpoint: str = "s3.amazonaws.com"
+    s3_port: int = Field(443, ge=1, le=65535)
+    s3_region: str = "us-east-1"
+    s3_uri_style: Literal["host", "path"] = "host"
+    s3_verify_tls: bool = True
+    s3_key_env: str = "AWS_ACCESS_KEY_ID"  # written to pgbackrest.conf (mode 0600), never argv
+    s3_secret_env: str = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name, not a value
+    window_days: int = Field(7, ge=1)  # the recoverable window pgBackRest retention keeps
+    archive_timeout_s: int = Field(60, ge=1)  # bounds the data-loss window (RPO)
+    process_max: int | None = Field(None, ge=1)  # default: the CPU count
+    alter_system: bool = True  # may set archive_command with ALTER SYSTEM + reload
+    ready_timeout_s: float = Field(600, gt=0)  # recovery to the target, start, promotion
+    kubernetes_pod: str | None = None  # documented, not automated: see docs/pitr.md
+    kubernetes_container: str | None = None
+
+    @model_validator(mode="after")
+    def _a_repository(self) -> PitrConfig:
+        if self.repo_path is None and not self.s3:
+            raise ValueError("give repo_path and/or s3 = true: pgBackRest needs a repository")
+        return self
+
+
+class RedisConfig(_Model):
+    """The environment's Redis (``[redis]``): how to reach it, how the tool controls it for a
+    restore, and which workloads write to it. docs/redis.md."""
+
+    name: str = Field("redis", pattern=r"^[A-Za-z0-9_.-]+$")  # backups are listed under it
+    url: str | None = None  # redis:// or rediss://, without password; or:
+    url_env: str = "REDIS_URL"  # the variable holding the full URL (used when url is unset)
+    password_env: str | None = None  # with url: the variable holding the password
+    retention_days: int = Field(7, ge=1)  # runbook "Redis Backups": 7 days
+    writers: tuple[str, ...] = ()  # workloads stopped during a restore (platform.workloads)
+    # how a restore reaches the data: "local" = a redis-server process on this machine that
+    # the tool may stop and start with ``command``; "kubernetes" = the pod of ``workload`` in
+    # [platform]'s cluster and namespace (exec + tar, args); "none" = only through the URL
+    # (key by key, ``--mode keys``); docs/redis.md
+    control: Literal["local", "kubernetes", "none"] = "none"
+    command: tuple[str, ...] = ()  # local: how the server is started (config file, flags)
+    workload: str | None = None  # kubernetes: the StatefulSet/Deployment running Redis
+    workload_kind: Literal["StatefulSet", "Deployment"] = "StatefulSet"
+    container: str | None = None  # kubernetes: its container (default: the first)
+    ready_timeout_s: float = Field(300, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        if v is not None and redact(v) != v:
+            raise ValueError(
+                "contains a password: keep it out of the file (use url_env or password_env)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _controllable(self) -> RedisConfig:
+        if self.control == "local" and not self.command:
+            raise ValueError("control = 'local' needs command (how the server is started)")
+        if self.control == "kubernetes" and not self.workload:
+            raise ValueError("control = 'kubernetes' needs workload (the Redis StatefulSet)")
+        return self
+
+    def resolve_url(self) -> str:
+        """The Redis URL with its password (a secret: never print it; see dburl.redact)."""
+        raw = self.url or os.environ.get(self.url_env, "")
+        if not raw:
+            raise ConfigError(
+                f"redis {self.name!r}: no URL: set {self.url_env} or give url in the config"
+            )
+        if self.url and self.password_env:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise ConfigError(f"redis {self.name!r}: {self.password_env} is not set")
+            scheme, sep, rest = raw.partition("://")
+            user, _, host = rest.rpartition("@")  # no user: ":password@host"
+            raw = f"{scheme}{sep}{user}:{quote(password, safe='')}@{host}"
+        return raw
+
+
 class Config(_Model):
     environment: str = "local"
     objectives: Objectives = Objectives()
@@ -196,6 +354,18 @@ class Config(_Model):
     dns: DnsConfig | None = None
     secrets: SecretsConfig | None = None
     notifications: tuple[Notification, ...] = ()
+    retention: RetentionConfig | None = None
+    monitoring: MonitoringConfig = MonitoringConfig()
+    communication: CommunicationConfig = CommunicationConfig()
+    pitr: PitrConfig | None = None
+    redis: RedisConfig | None = None
+    encryption: EncryptionConfig | None = None
+
+    @model_validator(mode="after")
+    def _pitr_bucket(self) -> Config:
+        if self.pitr is not None and self.pitr.s3 and not self.storage.s3_bucket:
+            raise ValueError("pitr.s3 = true needs [storage] s3_bucket (the same bucket)")
+        return self
 
     def database(self, name: str | None = None) -> DatabaseConfig:
         if name is None:
@@ -241,6 +411,15 @@ def _relative_to(cfg: Config, base: Path) -> Config:
         return p if p.is_absolute() else base / p
 
     storage = cfg.storage.model_copy(update={"backup_dir": fix(cfg.storage.backup_dir)})
+    pitr = cfg.pitr and cfg.pitr.model_copy(
+        update={
+            k: fix(getattr(cfg.pitr, k))
+            for k in ("data_dir", "bin_dir", "socket_dir", "config_dir", "repo_path")
+        }
+    )
+    monitoring = cfg.monitoring.model_copy(
+        update={"textfile_dir": fix(cfg.monitoring.textfile_dir)}
+    )
     plat = cfg.platform
     platform = plat.model_copy(
         update={
@@ -251,4 +430,6 @@ def _relative_to(cfg: Config, base: Path) -> Config:
             "workloads": tuple(w.model_copy(update={"cwd": fix(w.cwd)}) for w in plat.workloads),
         }
     )
-    return cfg.model_copy(update={"storage": storage, "platform": platform})
+    return cfg.model_copy(
+        update={"storage": storage, "platform": platform, "monitoring": monitoring, "pitr": pitr}
+    )

@@ -19,7 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.core.errors import IntegrityError, UnsupportedFormat
 
-__all__ = ["MANIFEST", "Artefact", "DatabaseProperties", "Manifest", "Role", "new_backup_id"]
+__all__ = [
+    "MANIFEST",
+    "Artefact",
+    "DatabaseProperties",
+    "Encryption",
+    "Manifest",
+    "RedisFacts",
+    "Role",
+    "new_backup_id",
+]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -37,15 +46,23 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Encryption(_Frozen):
+    """Client-side encryption of an artefact (tasks/core/crypto.py); the key is never stored."""
+
+    scheme: Literal["aes-256-gcm-stream-v1"] = "aes-256-gcm-stream-v1"
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
 class Artefact(_Frozen):
     """One stored file of a backup, exactly as stored (sizes and hash of the stored bytes)."""
 
     key: str  # relative to the location root: <backup-id>/<name>
-    format: Literal["pg_dump-custom", "sqlite"]
+    format: Literal["pg_dump-custom", "sqlite", "redis-rdb"]
     compression: Literal["zstd", "none"]
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     raw_size: int = Field(ge=0)  # size before compression
+    encryption: Encryption | None = None  # None: stored unencrypted
 
 
 class Role(_Frozen):
@@ -74,11 +91,24 @@ class DatabaseProperties(_Frozen):
     privileges: tuple[tuple[str, str], ...] | None = None  # (grantee or PUBLIC, privilege)
 
 
+class RedisFacts(_Frozen):
+    """What a Redis server said around its snapshot (INFO before and after the transfer).
+    Keys per db are in ``Manifest.counts`` as ``db<n>``; ``counts_exact`` is False when the
+    keyspace changed during the snapshot (counts then come from INFO after the transfer)."""
+
+    role: str  # master / slave
+    appendonly: bool
+    rdb_version: int
+    expiring: dict[str, int]  # keys with a TTL per db, "db0" -> n
+    used_memory: int
+    counts_exact: bool = True
+
+
 class Manifest(_Frozen):
     format_version: int = FORMAT_VERSION
     backup_id: str
     kind: Literal["logical"] = "logical"
-    engine: Literal["postgresql", "sqlite"]
+    engine: Literal["postgresql", "sqlite", "redis"]
     database: str
     source: str  # redacted URL
     server_version: str
@@ -92,6 +122,7 @@ class Manifest(_Frozen):
     large_objects: int = 0
     roles: tuple[Role, ...] = ()
     database_properties: DatabaseProperties | None = None
+    redis: RedisFacts | None = None  # engine "redis" only
     labels: dict[str, str] = Field(default_factory=dict)  # free-form: tier, trigger, ...
 
     @property

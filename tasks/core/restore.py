@@ -14,21 +14,33 @@ Any failure before step 4 leaves the current database untouched and removes the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tasks.core import audit as audit_trail
 from tasks.core.artefacts import fetch_artefact
+from tasks.core.audit import AuditRecord
 from tasks.core.catalog import BackupEntry, utcnow
-from tasks.core.dburl import DatabaseURL
+from tasks.core.crypto import EncryptionKey
+from tasks.core.dburl import DatabaseURL, redact
 from tasks.core.engines import sqlite
+from tasks.core.engines.pgarchive import DataOffsets
 from tasks.core.engines.postgres import PostgresEngine
-from tasks.core.errors import ConfigError, ConsentRequired, IntegrityError, VerificationFailed
+from tasks.core.errors import (
+    ConfigError,
+    ConsentRequired,
+    DRError,
+    IntegrityError,
+    VerificationFailed,
+)
+from tasks.core.retention import lease
 from tasks.core.units import age, size, utc
 
 __all__ = ["CountCheck", "RestorePlan", "RestoreResult", "plan_restore", "restore"]
@@ -142,15 +154,22 @@ def _free(
 
 
 def _fetch(
-    plan: RestorePlan, dest: Path, progress: Callable[[int], None] | None
+    plan: RestorePlan,
+    dest: Path,
+    progress: Callable[[int], None] | None,
+    key: EncryptionKey | None,
 ) -> tuple[str, dict[str, str]]:
-    """Fetch the main artefact from the first location whose copy checks out."""
+    """Fetch the main artefact from the first location whose copy checks out. A pg_dump
+    archive gets its data offsets filled in on the way (pg_restore -j then seeks, not scans)."""
     m = plan.entry.manifest
     art = m.artefacts[0]
     skipped: dict[str, str] = {}
     for loc in plan.entry.locations:
+        offsets = DataOffsets() if art.format == "pg_dump-custom" else None
         try:
-            fetch_artefact(loc, art, dest, progress)
+            fetch_artefact(loc, art, dest, progress, offsets.feed if offsets else None, key)
+            if offsets:
+                offsets.patch(dest)
             return loc.url, skipped
         except (IntegrityError, FileNotFoundError) as exc:
             skipped[loc.url] = str(exc)
@@ -164,20 +183,61 @@ def restore(
     jobs: int | None = None,
     work_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    now: Callable[[], datetime] = utcnow,
+    encryption: EncryptionKey | None = None,
+    approved_by: str = "confirm=True",
+    audit_context: Mapping[str, str] | None = None,
 ) -> RestoreResult:
-    """Carry out ``plan``; without ``confirm`` raise ConsentRequired and change nothing."""
+    """Carry out ``plan``; without ``confirm`` raise ConsentRequired and change nothing. While
+    it runs, a lease in the backup's locations keeps retention away from the backup.
+    ``encryption``: the key of an encrypted backup (a wrong or missing key fails before
+    anything changes). The outcome, and who approved it, goes to the audit trail
+    (``audit_context``: its ``environment`` and ``flow_run`` fields)."""
     if not confirm:
         raise ConsentRequired("restore not confirmed: add --confirm to do it (nothing changed)")
+    target = str(plan.target)
+
+    def audit(action: str, outcome: str, detail: str) -> None:
+        ctx = audit_context or {}
+        rec = AuditRecord(
+            now(), action, target, outcome, approved_by, backup_id=plan.entry.backup_id,
+            detail=detail, environment=ctx.get("environment", ""), flow_run=ctx.get("flow_run"),
+        )  # fmt: skip
+        audit_trail.record(plan.entry.locations, rec)
+
+    try:
+        with (
+            _restore_lock(plan.target),  # one restore per target: never two switch-overs
+            lease(plan.entry.locations, plan.entry.backup_id, now(), f"restore into {plan.side}"),
+        ):
+            result = _restore(plan, jobs, work_dir, progress, encryption)
+    except BaseException as exc:
+        why = redact(str(exc)) or type(exc).__name__
+        audit("restore", f"failed: {why}", f"{target} is unchanged unless the error says so")
+        raise
+    kept = f"; previous database kept as {result.kept_as}" if result.kept_as else ""
+    audit("restore", "ok", f"switched in from {result.source}{kept}")
+    if plan.drop_existing and plan.target_exists:
+        audit("drop-database", "ok", f"dropped the previous database ({plan.keep_as})")
+    return result
+
+
+def _restore(
+    plan: RestorePlan,
+    jobs: int | None,
+    work_dir: Path | None,
+    progress: Callable[[int], None] | None,
+    key: EncryptionKey | None,
+) -> RestoreResult:
     t0 = time.monotonic()
     m = plan.entry.manifest
     if plan.target.engine == "sqlite":
-        return _restore_sqlite(plan, progress, t0)
+        return _restore_sqlite(plan, progress, t0, key)
     eng = PostgresEngine(plan.target)
     tmp = Path(tempfile.mkdtemp(prefix="dr-restore-", dir=work_dir))
     try:
-        source, skipped = _fetch(plan, tmp / "archive.pgdump", progress)
+        source, skipped = _fetch(plan, tmp / "archive.pgdump", progress, key)
         roles = eng.ensure_roles(m.roles)
-        switched = False
         try:
             eng.create_side(plan.side, m.database_properties)
             eng.pg_restore(tmp / "archive.pgdump", plan.side, jobs or os.cpu_count() or 1)
@@ -185,11 +245,9 @@ def restore(
             _require_counts(checks, plan.side)
             eng.apply_settings(plan.side, m.database_properties)
             eng.switch(plan.side, plan.keep_as if plan.target_exists else None)
-            switched = True
-        finally:
-            if not switched:
-                eng.drop_database(plan.side)
-                eng.drop_roles(roles)  # the cluster is left as it was found
+        except BaseException as exc:
+            _discard_side(eng, plan.side, roles, exc)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     kept: str | None = plan.keep_as if plan.target_exists else None
@@ -199,15 +257,38 @@ def restore(
     return RestoreResult(plan, source, checks, roles, kept, time.monotonic() - t0, skipped)
 
 
+def _restore_lock(target: DatabaseURL) -> contextlib.AbstractContextManager[None]:
+    if target.engine == "postgresql":
+        return PostgresEngine(target).restore_lock()
+    assert target.path is not None
+    return sqlite.restore_lock(target.path)
+
+
+def _discard_side(eng: PostgresEngine, side: str, roles: list[str], cause: BaseException) -> None:
+    """After a failure before the switch: drop the side copy and the roles created for it (the
+    cluster is left as it was found). If that fails too (the server is gone), the first error
+    stays the one raised, and says what was left behind."""
+    try:
+        eng.drop_database(side)
+        eng.drop_roles(roles)
+    except DRError as exc:
+        if isinstance(cause, DRError) and cause.args:
+            cause.args = (
+                f"{cause.args[0]}; the side copy {side} could not be removed ({exc}): drop it "
+                "once the server is back",
+                *cause.args[1:],
+            )
+
+
 def _restore_sqlite(
-    plan: RestorePlan, progress: Callable[[int], None] | None, t0: float
+    plan: RestorePlan, progress: Callable[[int], None] | None, t0: float, key: EncryptionKey | None
 ) -> RestoreResult:
     m = plan.entry.manifest
     side = Path(plan.side)
     assert plan.target.path is not None
     plan.target.path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        source, skipped = _fetch(plan, side, progress)
+        source, skipped = _fetch(plan, side, progress, key)
         sqlite.integrity_check(side)
         actual = sqlite.count_rows(side)
         checks = [CountCheck(t, n, actual.get(t)) for t, n in m.counts.items()]

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from tasks.core.catalog import BackupEntry
 from tasks.core.config import CriticalQuery
+from tasks.core.crypto import EncryptionKey
 from tasks.core.dbcheck import run_critical_queries
 from tasks.core.dburl import DatabaseURL, parse_database_url
 from tasks.core.engines.postgres import PostgresEngine, pg_errors
@@ -115,6 +116,7 @@ def run_restore_test(
     *,
     scratch_server: str | None = None,
     work_dir: Path | None = None,
+    encryption: EncryptionKey | None = None,
 ) -> RestoreTestResult:
     """Restore ``entry`` into a throwaway target, smoke-test it, drop it (also on failure).
 
@@ -132,7 +134,11 @@ def run_restore_test(
     torn_down = False
     try:
         result = restore(
-            plan_restore(scratch, entry, drop_existing=True), confirm=True, work_dir=work_dir
+            plan_restore(scratch, entry, drop_existing=True),
+            confirm=True,
+            work_dir=work_dir,
+            encryption=encryption,
+            approved_by="restore test into a scratch target (no approval needed)",
         )
         duration = time.monotonic() - t0
         checks = [Check(c.table, str(c.expected), str(c.actual), c.ok) for c in result.counts]

@@ -104,9 +104,11 @@ def test_no_intact_copy_means_nothing_restored(
     assert psql(pg.url, f"SELECT count(*) FROM pg_database WHERE datname LIKE '{dbname}_%'") == "0"
 
 
-def test_missing_bucket_keeps_a_local_only_backup_and_fails(
+def test_missing_bucket_is_a_config_error_before_anything_is_written(
     pg: PgCluster, dbname: str, tmp_path: Path, moto_endpoint: str
 ) -> None:
+    """A bucket that does not exist is the user's to fix: refused up front (exit 2), nothing
+    written anywhere. (An S3 that is *down* still leaves a local-only backup: tests/faults.)"""
     _seed(pg.url_for(dbname))
     r = run_dr(
         "backup",
@@ -117,11 +119,11 @@ def test_missing_bucket_keeps_a_local_only_backup_and_fails(
         "--s3-bucket",
         "no-such-bucket",
     )
-    assert r.returncode == 1
-    assert "not stored in s3://no-such-bucket/database-backups" in r.stderr
-    assert "bucket 'no-such-bucket' does not exist" in r.stderr
-    listing = run_dr("restore", "--list", "--json", "--backup-dir", str(tmp_path / "backups"))
-    assert '"locations": [\n      "local"\n    ]' in listing.stdout
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "dr: error: S3 bucket 'no-such-bucket' does not exist: create it or fix --s3-bucket"
+    )
+    assert not any((tmp_path / "backups").rglob("*.*"))
 
 
 def test_backup_killed_half_way_is_invisible_then_swept(

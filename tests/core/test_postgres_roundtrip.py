@@ -441,6 +441,40 @@ def test_a_failed_switch_leaves_the_database_open_and_current(
     assert psql(pg.url, f"SELECT datallowconn FROM pg_database WHERE datname = '{dbname}'") == "t"
 
 
+def test_sessions_reconnecting_during_the_switch_are_kept_out_then_let_back(
+    pg: PgCluster, dbname: str
+) -> None:
+    url = pg.url_for(dbname)
+    _seed(url)
+    psql(pg.url, f'CREATE DATABASE "{dbname}_side"')
+    stop = threading.Event()
+
+    def reconnect() -> None:  # an application that keeps coming back
+        while not stop.is_set():
+            try:
+                with psycopg.connect(url, connect_timeout=2) as conn:
+                    conn.execute("SELECT pg_sleep(0.02)")
+            except psycopg.Error:
+                pass
+
+    clients = [threading.Thread(target=reconnect) for _ in range(3)]
+    for c in clients:
+        c.start()
+    try:
+        PostgresEngine(parse_database_url(url)).switch(f"{dbname}_side", f"{dbname}_kept")
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    assert _items(pg.url_for(f"{dbname}_kept")) == "100:5050"  # the previous one, kept ...
+    allowed = psql(
+        pg.url,
+        "SELECT string_agg(datname || '=' || datallowconn, ',' ORDER BY datname) "
+        f"FROM pg_database WHERE datname LIKE '{dbname}%'",
+    )
+    assert allowed == f"{dbname}=true,{dbname}_kept=true"  # ... and both open again
+
+
 def test_database_settings_apply_after_the_restore(
     pg: PgCluster, dbname: str, tmp_path: Path
 ) -> None:

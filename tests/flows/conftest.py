@@ -44,7 +44,7 @@ from tasks.core.dburl import parse_database_url
 from tasks.core.environment import build_catalog
 from tasks.core.pgcluster import PgCluster, free_port
 from tasks.core.sampledata import create_postgres_app_db
-from tests.k8s_emulator import Emulator, run_emulator
+from tests.k8s_emulator import Emulator, application_role, run_emulator
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +170,8 @@ def app_env(
     monkeypatch.setenv("DR_TEST_WEBHOOK", webhook.url)
     with run_emulator(tmp_path) as k8s:
         k8s.seed_deployment("backend", replicas=3)
+        # the flows get exactly the Role deployments/ grants them, as in a real cluster
+        k8s.state.enforce_role(application_role())
         env = AppEnv(
             tmp_path / "dr.toml",
             url,

@@ -4,6 +4,7 @@ on-call finds each scenario in the UI with its parameter form."""
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import subprocess
 import sys
@@ -52,7 +53,12 @@ CALENDAR = {
     "staging-restore": "0 5 1 * *",  # Monthly: restore test in staging
     "dr-drill": "0 9 1 1,4,7,10 *",  # Quarterly: full DR drill
     "rebuild-drill": "0 10 15 1 *",  # Annually: complete infrastructure rebuild
+    "backup-monitor": "0 * * * *",  # Backup Monitoring: hourly
+    "escalation": "*/5 * * * *",  # Communication Plan: escalation checked every 5 minutes
 }
+
+
+MIN = timedelta(minutes=1)
 
 
 def _fires(cron: str, days: int) -> list[datetime]:
@@ -83,6 +89,9 @@ def test_schedules_follow_the_runbook_calendar_in_utc() -> None:
     assert len(_fires(CALENDAR["staging-restore"], year)) == 12
     assert [t.month for t in _fires(CALENDAR["dr-drill"], year)] == [1, 4, 7, 10]
     assert len(_fires(CALENDAR["rebuild-drill"], year)) == 1
+    for name, every in (("backup-monitor", timedelta(hours=1)), ("escalation", 5 * MIN)):
+        fires = _fires(CALENDAR[name], 2)
+        assert {b - a for a, b in itertools.pairwise(fires)} == {every}
     for name in SCENARIOS:
         assert not by_name[name].get("schedules")  # on-call starts those
     for name in ("restore-test", "staging-restore", "dr-drill", "rebuild-drill"):

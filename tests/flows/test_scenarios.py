@@ -15,8 +15,9 @@ from flows.data_loss import data_loss
 from flows.database_corruption import database_corruption
 from flows.infrastructure_loss import infrastructure_loss
 from flows.security_breach import security_breach
+from tasks.core.audit import AuditRecord, read_audit
 from tasks.core.config import load_config
-from tasks.core.environment import build_platform
+from tasks.core.environment import build_catalog, build_platform
 from tasks.core.pgcluster import PgCluster, free_port
 from tasks.core.platform import ScaleState
 from tests.flows.conftest import AppEnv, artifacts, logs, resume_when_paused
@@ -26,6 +27,10 @@ pytestmark = pytest.mark.timeout(240)
 
 def _corrupt(env: AppEnv) -> None:
     env.sql("DELETE FROM trades; DELETE FROM bots WHERE id > 10;")
+
+
+def _audit(env: AppEnv) -> list[AuditRecord]:
+    return read_audit(build_catalog(load_config(env.config)).locations)[0]
 
 
 def _scale_writes(env: AppEnv) -> list[int]:
@@ -64,6 +69,15 @@ def test_database_corruption_end_to_end(app_env: AppEnv) -> None:
     assert checklist["Verify services"] == "done"
     assert checklist["Update DNS (if needed)"] == "not part of this scenario"
     assert arts["restore-progress"] == 100.0
+    audit = _audit(app_env)
+    assert [(r.action, r.ok) for r in audit] == [
+        ("scale", True),
+        ("restore", True),
+        ("scale", True),
+    ]
+    assert audit[1].backup_id == backup_id
+    assert audit[1].approved_by.startswith("database-corruption: ")
+    assert {r.flow_run for r in audit} == {str(state.state_details.flow_run_id)}
     assert app_env.webhook.subjects()[0].endswith("database-corruption started")
     assert "database-corruption: recovered" in app_env.webhook.subjects()[-1]
     kept = app_env.sql(
@@ -223,6 +237,17 @@ def test_security_breach_rotates_secrets_and_never_shows_them(app_env: AppEnv) -
     everything = logs(state) + repr(artifacts(state)) + repr(app_env.webhook.messages)
     for secret in values.values():
         assert secret not in everything
+    # nor in anything the run wrote: backups, history, audit trail, locally and in S3
+    s3 = boto3.client("s3")
+    bucket = app_env.extra["bucket"]
+    written = b"".join(p.read_bytes() for p in app_env.tmp.rglob("*") if p.is_file())
+    written += b"".join(
+        s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    )
+    for secret in values.values():
+        assert secret.encode() not in written
+    assert "rotate-secret" in [r.action for r in _audit(app_env) if r.ok]
     subjects = app_env.webhook.subjects()
     assert any("services restored" in s for s in subjects)
     report = artifacts(state)["security-breach-report"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -389,6 +390,44 @@ class PostgresEngine:
                 is not None
             )
 
+    @contextlib.contextmanager
+    def restore_lock(self) -> Iterator[None]:
+        """Hold the restore lock of the target database for the block: a session-level
+        advisory lock on the target cluster, keyed by the database name. A second restore of
+        the same database raises PermanentError at once, having changed nothing; the lock goes
+        with the session, so a crashed restore never leaves it behind."""
+        name = self.url.dbname
+        conn = self.connect(MAINTENANCE_DB, what="lock the restore target")
+        try:
+            with pg_errors(f"lock the restore of {name}"):
+                key = _restore_lock_key(name)
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                holder = None
+                if not (row and row[0]):
+                    holder = conn.execute(
+                        "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l "
+                        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                        "AND l.granted AND l.database = (SELECT oid FROM pg_database "
+                        "WHERE datname = current_database()) "
+                        "AND (l.classid::bigint << 32 | l.objid::bigint) = %s",
+                        (key,),
+                    ).fetchone()
+            if not (row and row[0]):
+                who = (
+                    f"session {holder[0]} from {holder[1] or 'local socket'} since "
+                    f"{holder[2].astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+                    if holder
+                    else "by another session"
+                )
+                raise PermanentError(
+                    f"another restore of database {name} is running ({who}): nothing was "
+                    "changed; wait for it to finish, then check the result before restoring again"
+                )
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()  # releases the lock
+
     def side_name(self, backup_id: str) -> str:
         return _ident_with_suffix(self.url.dbname, f"_restore_{backup_id.rsplit('-', 1)[-1]}")
 
@@ -551,7 +590,8 @@ class PostgresEngine:
         """Make ``side`` the database named like the target, in one transaction.
 
         The current database (if any) is renamed to ``keep_as``; other sessions on both are
-        terminated first, new connections to the current one are refused while we switch."""
+        terminated first; if some keep coming back, new connections to the current one are
+        refused for the next attempts (and allowed again at the end, whatever happens)."""
         target = self.url.dbname
         with (
             self.connect(MAINTENANCE_DB, what="switch databases") as conn,
@@ -565,36 +605,30 @@ class PostgresEngine:
                 raise ConfigError(
                     "internal: switching over an existing database needs a name to keep it under"
                 )
-            if exists:
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
-                        sql.Identifier(target)
-                    )
-                )
-            switched = False
+            switched = closed = False
             try:
                 for attempt in range(10):
+                    if attempt and exists and not closed:
+                        # sessions slip in between terminate and rename: refuse new ones. Not
+                        # before: committed, it would outlive a crash of this process/server
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+                                sql.Identifier(target)
+                            )
+                        )
+                        closed = True
                     _terminate(conn, target)
                     _terminate(conn, side)
                     try:
-                        with conn.transaction():
-                            if exists:
-                                conn.execute(
-                                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                        sql.Identifier(target), sql.Identifier(keep_as or "")
-                                    )
-                                )
-                            conn.execute(
-                                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                    sql.Identifier(side), sql.Identifier(target)
-                                )
-                            )
+                        self._rename_in_one_transaction(
+                            conn, side, target, keep_as if exists else None, closed
+                        )
                         switched = True
                         break
                     except psycopg.errors.ObjectInUse:  # a session slipped in: try again
                         time.sleep(0.2 * (attempt + 1))
             finally:
-                if exists:
+                if closed and not conn.broken:
                     # also on failure: the current database must not stay closed to everyone;
                     # the kept copy stays connectable for inspection (or for switching back)
                     kept = keep_as if switched and keep_as else target
@@ -609,6 +643,58 @@ class PostgresEngine:
                     f"reconnecting to {target}; stop the application first"
                 )
 
+    def _rename_in_one_transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        side: str,
+        target: str,
+        keep_as: str | None,
+        closed: bool,
+    ) -> None:
+        """The switch itself: both renames commit together or not at all. If the server goes
+        away meanwhile, the error says which database is live (before COMMIT was sent: the
+        previous one, for sure; during COMMIT: the side copy's name tells)."""
+        exists = keep_as is not None
+        committing = False
+        try:
+            with conn.transaction():
+                if exists:
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(target), sql.Identifier(keep_as or "")
+                        )
+                    )
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(side), sql.Identifier(target)
+                    )
+                )
+                committing = True
+        except psycopg.OperationalError as exc:
+            if not conn.broken:
+                raise
+            cause = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+            live = f"the previous {target} is live" if exists else f"{target} does not exist yet"
+            reopen = (
+                f"; connections to {target} were turned off for the switch: turn them on with "
+                f"ALTER DATABASE {target} WITH ALLOW_CONNECTIONS true"
+                if closed
+                else ""
+            )
+            if committing:
+                raise PermanentError(
+                    f"the connection to the server was lost while committing the switch-over "
+                    f"({cause}): if database {side} still exists, the switch did not happen and "
+                    f"{live}; if it does not, the restored copy is live as {target}"
+                    + (f" and the previous database is {keep_as}" if exists else "")
+                    + reopen
+                ) from exc
+            raise PermanentError(
+                f"the connection to the server was lost during the switch-over, before it "
+                f"committed ({cause}): nothing was renamed, {live}; the verified "
+                f"restored copy is {side} (run the restore again once the server is back)" + reopen
+            ) from exc
+
 
 def _setting_value(key: str, value: str) -> sql.Composable:
     """The SQL for a value as pg_db_role_setting stores it (``"$user", public`` for a list)."""
@@ -617,6 +703,12 @@ def _setting_value(key: str, value: str) -> sql.Composable:
     # elements are separated by ", " and double-quoted with "" escapes: CSV with those rules
     elements = next(csv.reader([value], skipinitialspace=True))
     return sql.SQL(", ").join(sql.Literal(e) for e in elements)
+
+
+def _restore_lock_key(dbname: str) -> int:
+    """A stable signed 64-bit advisory lock key for restores of ``dbname``."""
+    digest = hashlib.sha256(f"dr-pipelines restore {dbname}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _terminate(conn: psycopg.Connection[Any], dbname: str) -> None:

@@ -9,6 +9,7 @@ kept as ``<name>.pre_restore_<id>`` unless asked to drop it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ __all__ = [
     "integrity_check",
     "online_copy",
     "remove_with_side_files",
+    "restore_lock",
     "sqlite_errors",
     "swap_in",
 ]
@@ -94,6 +96,37 @@ def swap_in(restored: Path, target: Path, keep_as: Path) -> None:
             if side.exists():  # left by a writer that did not close cleanly: belongs to the old
                 os.replace(side, Path(str(keep_as) + suffix))
     os.replace(restored, target)
+
+
+@contextlib.contextmanager
+def restore_lock(target: Path) -> Iterator[None]:
+    """Hold the restore lock of ``target`` for the block: an ``fcntl`` lock on a file next to
+    it. A second restore of the same file raises PermanentError at once, having changed
+    nothing; the kernel drops the lock when the process ends, however it ends."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f".{target.name}.restore-lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PermanentError(
+                f"another restore of database {target} is running (it holds {lock}): nothing "
+                "was changed; wait for it to finish, then check the result before restoring again"
+            ) from None
+        try:  # the holder before us may have removed the file: lock the one that is there
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # removed while still held: no leftover next to the target
+        os.close(fd)
 
 
 def remove_with_side_files(path: Path) -> None:

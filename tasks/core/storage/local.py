@@ -8,6 +8,7 @@ commit (atomic on POSIX), so a reader never sees a half-written object. Files ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -97,8 +98,12 @@ class LocalStorage:
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             return _LocalWriter(self._path(key), key)
-        except PermissionError as exc:
-            raise ConfigError(f"backup dir {self.root} is not writable: {exc.strerror}") from exc
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise ConfigError(
+                    f"backup dir {self.root} is not writable: {exc.strerror}"
+                ) from exc
+            raise PermanentError(f"cannot write to backup dir {self.root}: {exc.strerror}") from exc
 
     def put(self, key: str, data: bytes) -> ObjectInfo:
         writer = self.open_writer(key)

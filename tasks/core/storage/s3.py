@@ -13,6 +13,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -23,7 +24,7 @@ from tasks.core.aws import aws_errors
 from tasks.core.errors import ConfigError, PermanentError
 from tasks.core.storage import CHUNK, ObjectInfo
 
-__all__ = ["S3Storage"]
+__all__ = ["SSE_MODES", "BucketProtection", "S3Storage"]
 
 PART_SIZE = 16 * CHUNK  # S3 needs >= 5 MiB per part; 16 MiB x 10,000 parts = 160 GiB per object
 _QUEUE_PARTS = 2
@@ -55,7 +56,7 @@ class _MultipartWriter:
     def _start(self) -> None:
         with s3_errors(f"start upload of {self._key}", self._store.bucket):
             resp = self._store.client.create_multipart_upload(
-                Bucket=self._store.bucket, Key=self._full_key
+                Bucket=self._store.bucket, Key=self._full_key, **self._store.sse_args
             )
         self._upload_id = resp["UploadId"]
         self._thread = threading.Thread(
@@ -144,16 +145,62 @@ class _MultipartWriter:
                 )
 
 
+SSE_MODES = ("AES256", "aws:kms")
+
+
+@dataclass(frozen=True)
+class BucketProtection:
+    """What the bucket itself does against deletion and overwriting (verification reports it)."""
+
+    bucket: str
+    versioning: str  # "Enabled", "Suspended" or "Off"
+    object_lock: bool
+    lock_mode: str | None = None  # "GOVERNANCE" / "COMPLIANCE" default retention, if any
+    lock_days: int | None = None
+
+    @property
+    def immutable(self) -> bool:
+        """Objects cannot be destroyed before their retention ends: Object Lock (which needs
+        versioning) with a default retention."""
+        return self.versioning == "Enabled" and self.object_lock and self.lock_mode is not None
+
+    def describe(self) -> str:
+        lock = (
+            f"Object Lock {self.lock_mode} {self.lock_days} days"
+            if self.lock_mode
+            else ("Object Lock on, no default retention" if self.object_lock else "no Object Lock")
+        )
+        return f"s3://{self.bucket}: versioning {self.versioning.lower()}, {lock}"
+
+
 class S3Storage:
     name = "s3"
 
     def __init__(
-        self, bucket: str, prefix: str = "database-backups", client: Any | None = None
+        self,
+        bucket: str,
+        prefix: str = "database-backups",
+        client: Any | None = None,
+        *,
+        sse: str | None = None,
+        kms_key_id: str | None = None,
     ) -> None:
+        """``sse``: server-side encryption asked for on every write ("AES256" = SSE-S3,
+        "aws:kms" = SSE-KMS with ``kms_key_id`` or the account's default KMS key)."""
         if not bucket or "/" in bucket:
             raise ConfigError(f"invalid S3 bucket name {bucket!r}: give the bare bucket name")
+        if sse is not None and sse not in SSE_MODES:
+            raise ConfigError(f"unknown S3 server-side encryption {sse!r}: use AES256 or aws:kms")
+        if kms_key_id and sse != "aws:kms":
+            raise ConfigError("an S3 KMS key id needs server-side encryption aws:kms")
+        self.sse_args: dict[str, str] = {}
+        if sse:
+            self.sse_args["ServerSideEncryption"] = sse
+        if kms_key_id:
+            self.sse_args["SSEKMSKeyId"] = kms_key_id
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self._checked = False
         self.client = client or boto3.client(
             "s3",
             config=Config(
@@ -174,11 +221,24 @@ class S3Storage:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def open_writer(self, key: str) -> _MultipartWriter:
+        """Checks the bucket first (once): a bucket that does not exist or cannot be written
+        is a ConfigError before any byte is produced, not a failure half-way."""
+        if not self._checked:
+            try:
+                with s3_errors("check the bucket", self.bucket):
+                    self.client.head_bucket(Bucket=self.bucket)
+            except FileNotFoundError:  # HEAD has no body: a missing bucket is a bare 404
+                raise ConfigError(
+                    f"S3 bucket {self.bucket!r} does not exist: create it or fix --s3-bucket"
+                ) from None
+            self._checked = True
         return _MultipartWriter(self, key)
 
     def put(self, key: str, data: bytes) -> ObjectInfo:
         with s3_errors(f"write {key}", self.bucket):
-            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.full_key(key), Body=data, **self.sse_args
+            )
         info = self.stat(key)
         if info is None:
             raise PermanentError(f"S3 lost {key} right after writing it")
@@ -216,6 +276,26 @@ class S3Storage:
     def delete(self, key: str) -> None:
         with s3_errors(f"delete {key}", self.bucket):
             self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+
+    def protection(self) -> BucketProtection:
+        """The bucket's versioning and Object Lock settings."""
+        with s3_errors("read the bucket's versioning", self.bucket):
+            versioning = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status", "Off")
+        try:
+            with s3_errors("read the bucket's Object Lock configuration", self.bucket):
+                lock = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except FileNotFoundError:  # no Object Lock configuration at all
+            return BucketProtection(self.bucket, versioning, False)
+        conf = lock.get("ObjectLockConfiguration", {})
+        rule = conf.get("Rule", {}).get("DefaultRetention", {})
+        days = rule.get("Days") or (rule["Years"] * 365 if rule.get("Years") else None)
+        return BucketProtection(
+            self.bucket,
+            versioning,
+            conf.get("ObjectLockEnabled") == "Enabled",
+            rule.get("Mode"),
+            days,
+        )
 
     def abort_stale_uploads(self, older_than: Any) -> int:
         """Abort multipart uploads under the prefix started before ``older_than`` (a datetime)."""

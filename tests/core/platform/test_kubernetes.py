@@ -350,3 +350,24 @@ def test_configuration_problems_are_config_errors(
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
     with pytest.raises(ConfigError, match="cannot load the Kubernetes config"):
         KubernetesPlatform("dr", WORKLOADS)
+
+
+def test_emulator_rbac_refuses_what_the_role_does_not_grant(k8s: Emulator) -> None:
+    """The scenario tests run the flows under the Role in deployments/ (tests/flows/conftest.py);
+    this proves the emulator really refuses what that Role does not grant."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from tests.k8s_emulator import application_role
+
+    k8s.seed_deployment("backend", replicas=2)
+    k8s.state.enforce_role(application_role())
+    api = client.AppsV1Api(config.new_client_from_config(str(k8s.kubeconfig)))
+    assert api.read_namespaced_deployment_scale("backend", k8s.namespace).spec
+    with pytest.raises(ApiException) as denied:
+        api.delete_namespaced_deployment("backend", k8s.namespace)
+    assert denied.value.status == 403
+    assert 'cannot delete resource "deployments"' in json.loads(denied.value.body)["message"]
+    with pytest.raises(ApiException):
+        api.list_namespaced_deployment(k8s.namespace)
+    assert k8s.state.denied == ["delete deployments (apps)", "list deployments (apps)"]

@@ -1,0 +1,104 @@
+"""Data offsets for pipe-written pg_dump archives: the patched file must say exactly what
+``pg_dump -f`` (which can seek back) writes, and anything unexpected leaves the file alone."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.core.engines.pgarchive import DataOffsets, read_toc
+from tasks.core.pgcluster import PgCluster
+from tests.conftest import psql
+
+_SCHEMA = """
+CREATE TABLE users (id int PRIMARY KEY, name text, note text);
+INSERT INTO users SELECT g, 'ü' || g, repeat(md5(g::text), 3) FROM generate_series(1, 3000) g;
+CREATE TABLE empty_one (a int);
+CREATE TABLE "Mixed Case" (b bytea);
+INSERT INTO "Mixed Case" SELECT decode(repeat('00', 64), 'hex') FROM generate_series(1, 500);
+CREATE TABLE empty_two (a int);
+CREATE TABLE wide (payload text);
+INSERT INTO wide SELECT repeat('x', 200000) FROM generate_series(1, 5);
+SELECT lo_from_bytea(0, decode(repeat('00', 4096), 'hex'));
+SELECT lo_from_bytea(0, 'hello');
+"""
+
+
+def _fields(archive: bytes) -> dict[int, bytes]:
+    toc = read_toc(archive)
+    return {
+        e.dump_id: archive[e.offset_field : e.offset_field + 1 + toc.off_size] for e in toc.entries
+    }
+
+
+@pytest.fixture
+def archives(pg: PgCluster, dbname: str, tmp_path: Path) -> tuple[bytes, bytes]:
+    """The same database dumped to a file (offsets set) and through a pipe (not set)."""
+    url = pg.url_for(dbname)
+    psql(url, _SCHEMA)
+    seekable = tmp_path / "file.dump"
+    subprocess.run(["pg_dump", "-Fc", "-Z0", "-f", str(seekable), url], check=True)
+    piped = subprocess.run(["pg_dump", "-Fc", "-Z0", url], check=True, capture_output=True)
+    return seekable.read_bytes(), piped.stdout
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_offsets_found_in_a_pipe_written_archive_match_pg_dump_f(
+    archives: tuple[bytes, bytes], chunk: int, tmp_path: Path
+) -> None:
+    seekable, piped = archives
+    assert _fields(seekable) != _fields(piped)  # the pipe archive really lacks them
+    finder = DataOffsets()
+    for i in range(0, len(piped), chunk):
+        finder.feed(piped[i : i + chunk])
+    out = tmp_path / "patched.dump"
+    out.write_bytes(piped)
+    data_entries = [e for e in read_toc(piped).entries if e.has_data]
+    assert finder.patch(out) == len(data_entries) == 6  # 5 tables + large objects
+    assert _fields(out.read_bytes()) == _fields(seekable)
+
+
+def test_patched_archive_restores_in_parallel(
+    archives: tuple[bytes, bytes], pg: PgCluster, dbname: str, tmp_path: Path
+) -> None:
+    _, piped = archives
+    out = tmp_path / "patched.dump"
+    out.write_bytes(piped)
+    finder = DataOffsets()
+    finder.feed(piped)
+    finder.patch(out)
+    target = f"{dbname}_copy"
+    psql(pg.url, f'CREATE DATABASE "{target}"')
+    subprocess.run(
+        ["pg_restore", "--exit-on-error", "-j2", "-d", pg.url_for(target), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    count = "SELECT count(*), sum(length(note)) FROM users"
+    assert psql(pg.url_for(target), count) == psql(pg.url_for(dbname), count)
+    assert psql(pg.url_for(target), "SELECT count(*) FROM pg_largeobject_metadata") == "2"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b"not an archive at all" + b,
+        lambda b: b[:200],  # ends inside the TOC
+        lambda b: b[:5] + b"\x09" + b[6:],  # unknown archive version
+        lambda b: b[: read_toc(b).end] + b"\x01" + b[read_toc(b).end + 2 :],  # no block there
+    ],
+    ids=["garbage", "truncated-toc", "unknown-version", "unexpected-layout"],
+)
+def test_anything_unexpected_leaves_the_archive_alone(
+    archives: tuple[bytes, bytes], mangle: object, tmp_path: Path
+) -> None:
+    _, piped = archives
+    data = mangle(piped)  # type: ignore[operator]
+    finder = DataOffsets()
+    finder.feed(data)
+    out = tmp_path / "a.dump"
+    out.write_bytes(data)
+    assert finder.patch(out) == 0
+    assert out.read_bytes() == data
