@@ -30,7 +30,7 @@ def _decrypt(blob: bytes, key: EncryptionKey = KEY, step: int = 123_457) -> byte
 def test_round_trip_at_segment_edges(size: int) -> None:
     data = os.urandom(size)
     blob = _encrypt(data)
-    assert data not in blob or size == 0
+    assert size < 64 or data[:64] not in blob  # short inputs may occur by chance
     assert _decrypt(blob) == data
     assert _decrypt(blob, step=1 << 30) == data  # all at once
 
