@@ -142,9 +142,17 @@ def test_restore_failure_after_scale_down_restores_the_scale(app_env: AppEnv) ->
 
 
 def test_keep_down_on_failure_leaves_workloads_at_zero(app_env: AppEnv) -> None:
+    backup_id = app_env.backup()
+    for art in (app_env.tmp / "backups" / backup_id).glob("*.zst"):
+        art.write_bytes(b"damaged")  # the restore fails after the scale-down
+    s3 = boto3.client("s3")
+    bucket = app_env.extra["bucket"]
+    for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        if o["Key"].endswith(".zst"):
+            s3.put_object(Bucket=bucket, Key=o["Key"], Body=b"damaged")
     state = database_corruption(
         config=str(app_env.config), confirm=True, keep_down_on_failure=True, return_state=True
-    )  # no backup
+    )
     assert state.is_failed()
     assert app_env.replicas() == 0
     report = artifacts(state)["database-corruption-report"]
