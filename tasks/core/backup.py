@@ -49,6 +49,26 @@ class BackupResult:
         return not self.failed and self.housekeeping_error is None
 
 
+def commit_manifest(writer: ArtefactWriter, manifest: Manifest) -> tuple[list[str], dict[str, str]]:
+    """Write the manifest (the commit point) in every location that received all artefacts.
+    Returns (committed location urls, failed url -> why); raises if none committed."""
+    failed = {f.location: str(f.error) for f in writer.failures}
+    committed: list[str] = []
+    body = manifest.to_bytes()
+    for loc in writer.live_locations:
+        try:
+            loc.put(f"{manifest.backup_id}/{MANIFEST}", body)
+            committed.append(loc.url)
+        except DRError as exc:
+            failed[loc.url] = str(exc)
+    if not committed:
+        raise PermanentError(
+            f"backup {manifest.backup_id} could not be committed anywhere: "
+            + "; ".join(f"{k}: {v}" for k, v in failed.items())
+        )
+    return committed, failed
+
+
 def backup_database(
     url: DatabaseURL,
     catalog: Catalog,
@@ -137,20 +157,7 @@ def backup_database(
             labels=labels or {},
         )
 
-    failed = {f.location: str(f.error) for f in writer.failures}
-    committed: list[str] = []
-    body = manifest.to_bytes()
-    for loc in writer.live_locations:
-        try:
-            loc.put(f"{backup_id}/{MANIFEST}", body)
-            committed.append(loc.url)
-        except DRError as exc:
-            failed[loc.url] = str(exc)
-    if not committed:
-        raise PermanentError(
-            f"backup {backup_id} could not be committed anywhere: "
-            + "; ".join(f"{k}: {v}" for k, v in failed.items())
-        )
+    committed, failed = commit_manifest(writer, manifest)
 
     # housekeeping only where this backup landed: a location that just failed is left alone
     # and a failure here is reported next to the committed backup, never instead of it

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tasks.core import rdb, retention
 from tasks.core.artefacts import ArtefactWriter, fetch_artefact
-from tasks.core.backup import BackupResult
+from tasks.core.backup import BackupResult, commit_manifest
 from tasks.core.catalog import DEFAULT_SWEEP_GRACE, BackupEntry, Catalog, utcnow
 from tasks.core.config import Config
 from tasks.core.crypto import EncryptionKey
@@ -49,10 +49,9 @@ from tasks.core.errors import (
     ConsentRequired,
     DRError,
     IntegrityError,
-    PermanentError,
     VerificationFailed,
 )
-from tasks.core.manifest import MANIFEST, Manifest, RedisFacts, new_backup_id
+from tasks.core.manifest import Manifest, RedisFacts, new_backup_id
 from tasks.core.platform import Platform, ScaleState
 from tasks.core.storage import CHUNK
 from tasks.core.units import age, size, utc
@@ -131,20 +130,7 @@ def backup_redis(
         ),
         labels=labels or {},
     )
-    failed = {f.location: str(f.error) for f in writer.failures}
-    committed: list[str] = []
-    body = manifest.to_bytes()
-    for loc in writer.live_locations:
-        try:
-            loc.put(f"{backup_id}/{MANIFEST}", body)
-            committed.append(loc.url)
-        except DRError as exc:
-            failed[loc.url] = str(exc)
-    if not committed:
-        raise PermanentError(
-            f"backup {backup_id} could not be committed anywhere: "
-            + "; ".join(f"{k}: {v}" for k, v in failed.items())
-        )
+    committed, failed = commit_manifest(writer, manifest)
     healthy = Catalog(
         [loc for loc in catalog.locations if loc.url in committed], catalog.encryption
     )
