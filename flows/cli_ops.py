@@ -7,19 +7,21 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from prometheus_client.core import Metric
 from rich.table import Table
 
 from flows.cli import DebugOpt, JsonOpt, _emit_json, _errors, app, out
-from tasks.core import metrics, monitor, retention
+from tasks.core import retention
 from tasks.core.audit import actor
 from tasks.core.catalog import utcnow
 from tasks.core.config import Config, RetentionConfig, load_config
 from tasks.core.environment import build_catalog
 from tasks.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 ConfigOpt = Annotated[
     Path | None,
@@ -51,6 +53,8 @@ def retention_cmd(
         holds = retention.read_holds(catalog.locations, now)
         policy = retention.TieredPolicy.from_config(cfg.retention or RetentionConfig())
         decisions = retention.plan(retention.candidates(listing.backups, holds), policy, now)
+        # S3 Object Lock: shown in the plan (a dry run too), and never deleted by --apply
+        decisions = retention.keep_locked(listing.backups, decisions, now)
         deleted = (
             retention.apply(
                 catalog, listing.backups, decisions, now=now, approved_by=f"--apply ({actor()})"
@@ -70,6 +74,7 @@ def retention_cmd(
                             "location": d.location,
                             "keep": d.keep,
                             "reason": d.reason,
+                            "locked": d.locked,
                         }
                         for d in decisions
                     ],
@@ -82,10 +87,12 @@ def retention_cmd(
             table.add_row(d.backup_id, d.database, d.location or "all", verdict, d.reason)
         out.print(table)
         tally = Counter((d.location or "all", d.keep) for d in decisions)
+        locked = Counter(d.location for d in decisions if d.locked)
         for where in dict.fromkeys(d.location or "all" for d in decisions):
             out.print(
                 f"{where}: keep {tally[(where, True)]}, "
                 f"{'deleted' if apply else 'delete'} {tally[(where, False)]}"
+                + (f" ({locked[where]} kept by S3 Object Lock)" if locked[where] else "")
             )
         if not apply:
             out.print("dry run: nothing deleted (dr retention --apply deletes)")
@@ -134,6 +141,8 @@ def metrics_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Backup, restore-test, drill and alert metrics in the Prometheus text format."""
+    from tasks.core import metrics  # prometheus_client: imported on use
+
     with _errors(debug):
         cfg = load_config(config)
         reg = metrics.registry(lambda: _families(cfg))
@@ -150,6 +159,8 @@ def metrics_cmd(
 
 def _families(cfg: Config) -> list[Metric]:
     """Computed afresh at every scrape."""
+    from tasks.core import metrics, monitor
+
     now = utcnow()
     facts = monitor.gather(cfg)
     alerts = monitor.evaluate(

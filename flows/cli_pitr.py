@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -27,16 +27,20 @@ from tasks.core import units
 from tasks.core.config import Config, load_config
 from tasks.core.engines.pgbackrest import BackupType, lsn_to_int
 from tasks.core.errors import ConfigError, ConsentRequired, DRError
-from tasks.core.pitr import (
-    Target,
-    Window,
-    backup_physical,
-    pitr_restore,
-    plan_pitr,
-    recoverable_window,
-    setup,
-    verify_repository,
-)
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from tasks.core.pitr import Target, Window
+
+
+def _pitr() -> ModuleType:
+    """tasks.core.pitr, imported on use: it brings psycopg (0.1 s) that `dr redis backup` and
+    `dr --help` should not pay."""
+    from tasks.core import pitr
+
+    return pitr
+
 
 pitr_app = typer.Typer(
     help="Physical backups and point-in-time recovery through pgBackRest (docs/pitr.md).",
@@ -73,7 +77,7 @@ def setup_cmd(
 ) -> None:
     """Write pgbackrest.conf, create the stanza, set archive_command, run pgbackrest check."""
     with _errors(debug):
-        r = setup(_pitr_config(config), restart=restart)
+        r = _pitr().setup(_pitr_config(config), restart=restart)
         if as_json:
             _emit_json(
                 {
@@ -111,7 +115,7 @@ def setup_cmd(
 def info_cmd(config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Physical backups and the recoverable window (the newest archived WAL's age is the RPO)."""
     with _errors(debug):
-        w = recoverable_window(_pitr_config(config), datetime.now(UTC))
+        w = _pitr().recoverable_window(_pitr_config(config), datetime.now(UTC))
         if as_json:
             _emit_json(window_json(w))
             return
@@ -123,7 +127,7 @@ def info_cmd(config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt
 def verify_cmd(config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """pgbackrest verify plus a check for gaps in the archived WAL; exit 1 on any problem."""
     with _errors(debug):
-        v = verify_repository(_pitr_config(config))
+        v = _pitr().verify_repository(_pitr_config(config))
         if as_json:
             _emit_json({"ok": v.ok, "gaps": list(v.gaps), "output": list(v.lines)})
         else:
@@ -143,7 +147,7 @@ def run_physical_backup(config: Path | None, kind: str, as_json: bool) -> None:
     if kind not in ("full", "diff", "incr"):
         raise ConfigError(f"--type {kind!r}: choose full, diff or incr")
     kind_: BackupType = kind  # type: ignore[assignment]
-    r = backup_physical(_pitr_config(config), kind_)
+    r = _pitr().backup_physical(_pitr_config(config), kind_)
     if as_json:
         _emit_json(
             {
@@ -179,22 +183,22 @@ def target_from_flags(
     if len(given) > 1:
         raise ConfigError(f"choose one target: got {', '.join(given)}")
     if time_:
-        return Target("time", time=_parse_time(time_, "--target-time"))
+        return _pitr().Target("time", time=_parse_time(time_, "--target-time"))
     if lsn:
         lsn_to_int(lsn)  # one clear line for a malformed LSN
-        return Target("lsn", lsn=lsn)
+        return _pitr().Target("lsn", lsn=lsn)
     if xid:
         if not xid.isdigit():
             raise ConfigError(f"--target-xid {xid!r}: a transaction id is a number")
-        return Target("xid", xid=xid)
-    return Target("latest") if latest else None
+        return _pitr().Target("xid", xid=xid)
+    return _pitr().Target("latest") if latest else None
 
 
 def run_physical_restore(
     config: Path | None, target: Target, *, confirm: bool, as_json: bool
 ) -> None:
     cfg = _pitr_config(config)
-    plan = plan_pitr(cfg, target, datetime.now(UTC))
+    plan = _pitr().plan_pitr(cfg, target, datetime.now(UTC))
     if not confirm:
         if as_json:
             _emit_json({"confirmed": False, "plan": plan.describe()})
@@ -203,7 +207,7 @@ def run_physical_restore(
             for line in plan.describe():
                 out.print(f"  {line}")
         raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
-    r = pitr_restore(cfg, plan, confirm=True, say=None if as_json else err.print)
+    r = _pitr().pitr_restore(cfg, plan, confirm=True, say=None if as_json else err.print)
     if as_json:
         _emit_json(
             {
@@ -243,7 +247,7 @@ def physical_listing(config: Path | None) -> Window | None:
         cfg = load_config(config)
         if cfg.pitr is None:
             return None
-        return recoverable_window(cfg, datetime.now(UTC))
+        return _pitr().recoverable_window(cfg, datetime.now(UTC))
     except DRError as exc:
         err.print(f"dr: warning: physical backups not listed: {exc}")
         return None

@@ -36,11 +36,8 @@ def select_backup(
     catalog = build_catalog(cfg)
     if backup_id:
         return catalog.get(backup_id)
-    source = cfg.database(database).resolve_url().dbname
-    names = {e.manifest.database for e in catalog.list().backups}
-    return catalog.select(
-        database=source if source in names or len(names) != 1 else None, before=before
-    )
+    url = cfg.database(database).resolve_url()
+    return catalog.select_for(url.dbname, url.engine, before=before)
 
 
 @dr_task()

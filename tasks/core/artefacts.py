@@ -1,10 +1,13 @@
 """Streaming artefacts in and out of locations: compress, hash and fan out in one pass.
 
 Writing: raw bytes go through zstd, the compressed stream is hashed (sha256) and written to every
-location at once; a location that fails is dropped and reported, the others go on (a backup that
-reached only the local disk is still a backup, listed as local-only). Reading: the stored stream
-is hashed while it is decompressed into a file, and the file is handed over only if size and hash
-match the manifest. Memory stays bounded: one chunk in flight plus what S3 buffers per part.
+location at once. The first location is the primary (the backup dir): when it fails (disk full,
+I/O error) the whole artefact is abandoned everywhere, so that no backup exists only where the
+primary is not. A secondary location (S3) that fails is dropped and reported, the others go on
+(a backup that reached only the local disk is still a backup, listed as local-only).
+Reading: the stored stream is hashed while it is decompressed into a file, and the file is
+handed over only if size and hash match the manifest. Memory stays bounded: one chunk in
+flight plus what S3 buffers per part.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import BinaryIO, Literal
 import zstandard
 
 from tasks.core.crypto import Decryptor, EncryptionKey, Encryptor
-from tasks.core.errors import ConfigError, DRError, IntegrityError
+from tasks.core.errors import ConfigError, DRError, IntegrityError, PermanentError
 from tasks.core.manifest import Artefact, Encryption
 from tasks.core.storage import Storage, Writer
 
@@ -66,6 +69,7 @@ class ArtefactWriter:
         self._key_id = encryption.key_id if encryption else None
         self.failures: list[LocationFailure] = []
         self._writers: dict[str, tuple[Storage, Writer]] = {}
+        self._primary = locations[0].url if locations else ""
         for loc in locations:
             try:
                 self._writers[loc.url] = (loc, loc.open_writer(key))
@@ -73,7 +77,7 @@ class ArtefactWriter:
                 self.abort()  # to fix, before anything is written anywhere
                 raise
             except DRError as exc:
-                self.failures.append(LocationFailure(loc.url, exc))
+                self._failed(loc.url, exc)
         if not self._writers:
             raise self.failures[0].error
         self._hash = hashlib.sha256()
@@ -96,6 +100,16 @@ class ArtefactWriter:
     def live_locations(self) -> list[Storage]:
         return [loc for loc, _ in self._writers.values()]
 
+    def _failed(self, url: str, exc: DRError) -> None:
+        """Record that ``url`` failed; when it is the primary, abandon every location and raise."""
+        self.failures.append(LocationFailure(url, exc))
+        if url != self._primary:
+            return
+        others = [u for u in self._writers if u != url]
+        self.abort()
+        also = f"; not committed in {', '.join(others)} either" if others else ""
+        raise PermanentError(f"backup not stored in {url}: {exc}{also}") from exc
+
     def _emit(self, data: bytes) -> None:
         if not data:
             return
@@ -107,7 +121,7 @@ class ArtefactWriter:
             except DRError as exc:
                 writer.abort()
                 del self._writers[url]
-                self.failures.append(LocationFailure(loc.url, exc))
+                self._failed(loc.url, exc)
         if not self._writers:
             raise self.failures[-1].error
 
@@ -125,7 +139,7 @@ class ArtefactWriter:
                 writer.commit()
             except DRError as exc:
                 del self._writers[url]
-                self.failures.append(LocationFailure(loc.url, exc))
+                self._failed(loc.url, exc)
         if not self._writers:
             raise self.failures[-1].error
         return Artefact(

@@ -21,8 +21,6 @@ from tasks.core import retention
 from tasks.core.artefacts import ArtefactWriter
 from tasks.core.catalog import DEFAULT_SWEEP_GRACE, Catalog, utcnow
 from tasks.core.dburl import DatabaseURL
-from tasks.core.engines import sqlite
-from tasks.core.engines.postgres import PostgresEngine
 from tasks.core.errors import DRError, PermanentError
 from tasks.core.manifest import MANIFEST, Manifest, new_backup_id
 from tasks.core.storage import CHUNK
@@ -95,6 +93,8 @@ def backup_database(
             encryption=catalog.encryption,
         )
         try:
+            from tasks.core.engines.postgres import PostgresEngine  # psycopg: only when used
+
             info = PostgresEngine(url).dump(writer.write, progress)
             art = writer.close()
         except BaseException:
@@ -119,6 +119,8 @@ def backup_database(
             labels=labels or {},
         )
     else:
+        from tasks.core.engines import sqlite
+
         assert url.path is not None
         with tempfile.TemporaryDirectory(prefix="dr-sqlite-", dir=work_dir) as tmp:
             copy = Path(tmp) / "copy.db"

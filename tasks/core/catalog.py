@@ -201,13 +201,23 @@ class Catalog:
         return found[0]
 
     def select(
-        self, *, database: str | None, backup_id: str | None = None, before: datetime | None = None
+        self,
+        *,
+        database: str | None,
+        backup_id: str | None = None,
+        before: datetime | None = None,
+        engine: str | None = None,
     ) -> BackupEntry:
         """The backup to restore: by id; else the newest good one of ``database`` (taken before
-        ``before`` if given). With ``database`` None the catalog must hold a single database."""
+        ``before`` if given), among backups of ``engine`` if given. With ``database`` None the
+        catalog must hold a single database (of that engine)."""
         if backup_id:
             return self.get(backup_id)
-        backups = [e for e in self.list().backups if e.good]
+        backups = [
+            e
+            for e in self.list().backups
+            if e.good and (engine is None or e.manifest.engine == engine)
+        ]
         names = sorted({e.manifest.database for e in backups})
         if database is None:
             if len(names) > 1:
@@ -230,6 +240,30 @@ class Catalog:
                 )
             return older[0]
         return backups[0]
+
+    def select_for(
+        self,
+        target: str,
+        engine: str,
+        *,
+        source: str | None = None,
+        before: datetime | None = None,
+    ) -> BackupEntry:
+        """The backup to restore into the ``engine`` database named ``target``: the newest good
+        backup of ``source`` if given, else of ``target``'s own name, else of the only database
+        of that engine in the catalog (restoring ``app`` into ``app_copy``). Backups of other
+        engines (Redis next to PostgreSQL) are never candidates."""
+        if source is None:
+            names = {
+                e.manifest.database for e in self.list().backups if e.manifest.engine == engine
+            }
+            if len(names) > 1 and target not in names:
+                raise BackupNotFound(
+                    f"no {engine} backup of database {target!r}; there are backups of "
+                    f"{', '.join(sorted(names))}: name one with --source-database"
+                )
+            source = target if target in names or len(names) != 1 else None
+        return self.select(database=source, before=before, engine=engine)
 
     def record_verification(self, loc: Storage, backup_id: str, result: Verification) -> None:
         loc.put(f"{backup_id}/{VERIFICATION}", result.to_bytes())

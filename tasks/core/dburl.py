@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from tasks.core.errors import ConfigError
 
 __all__ = ["DatabaseURL", "parse_database_url", "redact"]
@@ -53,6 +51,8 @@ class DatabaseURL:
     @property
     def conninfo(self) -> str:
         """libpq connection string including the password: for psycopg only, never printed."""
+        from psycopg.conninfo import make_conninfo  # psycopg costs 0.1 s to import: on use
+
         return make_conninfo(**dict(self.params), dbname=self.dbname)
 
     def with_dbname(self, dbname: str) -> DatabaseURL:
@@ -111,6 +111,8 @@ def parse_database_url(url: str) -> DatabaseURL:
     try:
         parts = urlsplit(plain)
         _ = parts.port  # raises ValueError on a non-numeric port
+        from psycopg.conninfo import conninfo_to_dict
+
         params = conninfo_to_dict(plain)
     except Exception as exc:
         raise ConfigError(

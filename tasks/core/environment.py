@@ -12,7 +12,6 @@ from tasks.core.errors import ConfigError
 from tasks.core.platform import Platform
 from tasks.core.storage import Storage
 from tasks.core.storage.local import LocalStorage
-from tasks.core.storage.s3 import S3Storage
 
 __all__ = [
     "SECRET_BLOCK_READER",
@@ -39,6 +38,8 @@ def build_locations(cfg: Config) -> list[Storage]:
     s = cfg.storage
     locations: list[Storage] = [LocalStorage(s.backup_dir)]
     if s.s3_bucket:
+        from tasks.core.storage.s3 import S3Storage  # boto3 costs 0.1 s to import: on use
+
         locations.append(
             S3Storage(s.s3_bucket, s.s3_prefix, sse=s.s3_sse, kms_key_id=s.s3_kms_key_id)
         )

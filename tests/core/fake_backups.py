@@ -19,6 +19,7 @@ def put_backup(
     *,
     size: int = 100,
     verified: bool | None = None,
+    engine: str = "postgresql",
 ) -> str:
     backup_id = new_backup_id(database, at)
     data = b"x" * size
@@ -32,7 +33,7 @@ def put_backup(
     )
     manifest = Manifest(
         backup_id=backup_id,
-        engine="postgresql",
+        engine=engine,  # type: ignore[arg-type]
         database=database,
         source=f"postgresql://app@db/{database}",
         server_version="15",

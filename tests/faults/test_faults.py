@@ -383,21 +383,27 @@ def test_disk_full_during_the_backup(
     )  # fmt: skip
     fault.injected()
     _, stderr = proc.communicate(timeout=120)
-    local = Catalog([LocalStorage(backups)]).list().backups
     both = Catalog([LocalStorage(backups), S3Storage(bucket)]).list().backups
-    verify = run_dr("backup", "--verify-only", "--backup-dir", str(backups), "--s3-bucket", bucket)
-    fault.outcome(
-        reported_ok=proc.returncode == 0, truly_ok=False, data_intact=verify.returncode == 0
-    )
+    s3_keys = [o.key for o in S3Storage(bucket).list()]
+    fault.outcome(reported_ok=proc.returncode == 0, truly_ok=False, data_intact=True)
     assert proc.returncode == 1
     line = _one_error_line(stderr)
     assert f"backup not stored in {backups}: cannot write {backups}/" in line
     assert "File too large" in line
-    assert local == []  # no partial backup listed in the full backup dir
-    assert _files(backups) == []  # and no partial artefact left there
-    # the S3 copy streamed in the same pass is complete and verified: kept, listed as s3-only
-    assert [e.location_names() for e in both] == [["s3"]]
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert f"not committed in s3://{bucket}/database-backups either" in line
+    assert both == []  # no partial backup listed, in the full backup dir nor in S3
+    assert _files(backups) == []  # no partial artefact left in the backup dir
+    assert s3_keys == []  # the S3 upload was aborted: nothing left to sweep
+    assert boto3.client("s3").list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    # the source was only read: a backup with room to write succeeds at once
+    again = run_dr(
+        "backup", "--database-url", url, "--backup-dir", str(backups), "--s3-bucket", bucket
+    )
+    assert again.returncode == 0, again.stderr
+    assert [
+        e.location_names()
+        for e in Catalog([LocalStorage(backups), S3Storage(bucket)]).list().backups
+    ] == [["local", "s3"]]
 
 
 # ---- two restores of the same target at once ---------------------------------------------------
