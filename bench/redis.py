@@ -11,10 +11,10 @@ shared machine hits both alike:
 - ``dr redis backup`` (SYNC -> zstd -> sha256 -> local directory, manifest, retention)
 
 wall time and peak RSS (``/usr/bin/time -v``, "Maximum resident set size") of each process. Then
-what verification costs: ``dr redis verify`` (sha256 + RDB walk + CRC64 in Python) against loading
-the same file into a throwaway redis-server (the alternative the issue names). The results replace
-the block between ``<!-- bench:redis -->`` and ``<!-- /bench:redis -->`` in docs/benchmarks.md,
-with the load average next to them.
+what verification costs: ``dr redis verify`` (sha256, RDB walk in Python, CRC64 in C) against
+loading the same file into a throwaway redis-server (the alternative the issue names). The
+results replace the block between ``<!-- bench:redis -->`` and ``<!-- /bench:redis -->`` in
+docs/benchmarks.md, with the load average next to them.
 """
 
 from __future__ import annotations
@@ -214,15 +214,15 @@ lists and sets; one redis-server {summary.aux.get("redis-ver", "?")} on this mac
 {row("`dr redis backup` (zstd, sha256, manifest, retention)", d)}
 {row("`backup_redis()` in process (no interpreter start, no imports)", inproc_row)}
 {row("`dr redis --help` (interpreter start + dr's imports)", help_row)}
-{row("`dr redis verify --latest` (sha256 + RDB walk + CRC64, Python)", v)}
+{row("`dr redis verify --latest` (sha256, zstd, RDB walk in Python, CRC64 in C)", v)}
 {row("load the RDB into a throwaway redis-server (start to loaded)", lo_row)}
 
 - Backup: **{d[0] / c[0]:.2f}x** `redis-cli --rdb` (target ≤ 1.2x), peak RSS {d[3]:.0f} MiB
   (target ≤ 100 MiB). The transfer path itself (in process) is {inproc_row[0] / c[0]:.2f}x; the
   rest is the fixed start of a `dr` process ({help_row[0]:.2f} s for `dr redis --help`: the
   interpreter and the imports of `flows/cli.py`), which weighs less as the dataset grows.
-- In process, on the same file: CRC64 alone {crc_s:.2f} s ({mib / crc_s:.1f} MiB/s, table-driven
-  pure Python); the whole walk (structure, {sum(summary.keys.values()):,} keys, CRC64)
+- In process, on the same file: CRC64 alone {crc_s:.3f} s ({mib / crc_s:.0f} MiB/s, anycrc's
+  C code); the whole walk (structure, {sum(summary.keys.values()):,} keys, CRC64)
   {walk_s:.2f} s.
 {END}"""
     doc = DOC.read_text()

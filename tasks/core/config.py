@@ -367,6 +367,18 @@ class Config(_Model):
             raise ValueError("pitr.s3 = true needs [storage] s3_bucket (the same bucket)")
         return self
 
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Config:
+        names = [d.name for d in self.databases]
+        if len(set(names)) != len(names):
+            raise ValueError("[[databases]] names must be unique")
+        if self.redis is not None and self.redis.name in names:
+            raise ValueError(
+                f"[redis] name {self.redis.name!r} is also a [[databases]] name: run history and "
+                "alerts are kept per name, give Redis another one"
+            )
+        return self
+
     def database(self, name: str | None = None) -> DatabaseConfig:
         if name is None:
             return self.databases[0]

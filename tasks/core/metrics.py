@@ -67,7 +67,7 @@ def families(
     env = environment
 
     for t in facts.targets:
-        mine = [e for e in facts.backups if e.manifest.database == t.source]
+        mine = [e for e in facts.backups if t.owns(e)]
         good = next((e for e in mine if e.good and e.manifest.consistent_at <= now), None)
         if good is not None:
             m = good.manifest

@@ -58,6 +58,15 @@ _ACTIONS = {
 class Target:
     name: str  # the database's config name (history records use it)
     source: str  # the database name its backups are filed under (manifest.database)
+    engine: str | None = None  # "redis" for [redis]; None: any SQL engine
+
+    def owns(self, entry: BackupEntry) -> bool:
+        """Whether ``entry`` is a backup of this target (a Redis named like a database is
+        not mistaken for it)."""
+        m = entry.manifest
+        return m.database == self.source and (
+            m.engine == "redis" if self.engine == "redis" else m.engine != "redis"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ def gather(cfg: Config) -> Facts:
         except ConfigError:  # URL not resolvable here: backups are filed under the db name
             source = db.name
         targets.append(Target(db.name, source))
+    if cfg.redis is not None:  # snapshots filed, and runs recorded, under [redis] name
+        targets.append(Target(cfg.redis.name, cfg.redis.name, "redis"))
     return Facts(targets, catalog.list().backups, read_history(catalog.locations))
 
 
@@ -197,7 +208,7 @@ def evaluate(
     ``wal_age_s``: target name -> age of its newest archived WAL, when PITR is set up."""
     alerts: list[Alert | None] = []
     for t in targets:
-        mine = [e for e in backups if e.manifest.database == t.source]
+        mine = [e for e in backups if t.owns(e)]
         alerts += [
             backup_runs_failed(history, t.name, thresholds.failed_runs),
             size_anomaly(mine, t.name, thresholds.size_change_pct, thresholds.size_baseline),

@@ -102,6 +102,14 @@ def test_dr_config_env_var_and_embedded_defaults(
         ("[dns]\nrecords = []", "dns.zone_id: Field required"),
         ("environment = ", "not valid TOML"),
         ("[[notifications]]\naudience = 'on-call'", "give exactly one of block or webhook_url_env"),
+        (
+            '[[databases]]\nname = "a"\n[[databases]]\nname = "a"',
+            "[[databases]] names must be unique",
+        ),
+        (
+            '[[databases]]\nname = "cache"\n[redis]\nname = "cache"',
+            "[redis] name 'cache' is also a [[databases]] name",
+        ),
     ],
 )
 def test_invalid_file_fails_in_one_line_naming_the_key(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from tasks.core.catalog import BackupEntry, Catalog
 from tasks.core.comms import IncidentStore, Timing
-from tasks.core.config import MonitoringConfig, Objectives
+from tasks.core.config import MonitoringConfig, Objectives, load_config
 from tasks.core.history import Record
 from tasks.core.monitor import (
     Alert,
@@ -16,11 +17,13 @@ from tasks.core.monitor import (
     backup_runs_failed,
     backup_stale,
     evaluate,
+    gather,
     objective_missed,
     reconcile,
     size_anomaly,
     wal_stale,
 )
+from tasks.core.storage.local import LocalStorage
 from tasks.core.storage.memory import MemoryStorage
 from tests.core.fake_backups import put_backup
 
@@ -176,6 +179,38 @@ def test_evaluate_runs_every_rule_for_every_target() -> None:
         "alert:objective-missed:drill database-corruption",
         "alert:wal-stale:second",
     ]
+
+
+def test_redis_is_monitored_like_a_database(tmp_path: Path) -> None:
+    """[redis] is a target: its snapshots go stale and its runs fail like a database's, and a
+    PostgreSQL database called like the Redis target does not stand in for its snapshots."""
+    cfg_file = tmp_path / "dr.toml"
+    cfg_file.write_text(
+        '[storage]\nbackup_dir = "backups"\n\n'
+        '[[databases]]\nname = "main"\nurl = "postgresql://app@db/cache"\n\n'
+        '[redis]\nname = "cache"\nurl = "redis://127.0.0.1:6379/0"\n'
+    )
+    cfg = load_config(cfg_file)
+    loc = LocalStorage(cfg.storage.backup_dir)
+    put_backup([loc], "cache", NOW - 2 * HOUR)  # a fresh PostgreSQL backup of database cache
+    put_backup([loc], "cache", NOW - 30 * HOUR, engine="redis")  # a day-old snapshot
+    facts = gather(cfg)
+    assert Target("cache", "cache", "redis") in facts.targets
+    history = [run(False, 1, "cache"), run(False, 25, "cache")]
+    alerts = evaluate(
+        [t for t in facts.targets if t.engine == "redis"],
+        facts.backups,
+        history,
+        NOW,
+        MonitoringConfig(),
+        Objectives(),
+    )
+    assert sorted(a.key for a in alerts) == [
+        "alert:backup-failing:cache",
+        "alert:backup-stale:cache",
+    ]
+    stale = next(a for a in alerts if a.rule == "backup-stale")
+    assert "30.0 h old" in stale.summary
 
 
 def test_an_alert_fires_once_per_incident_and_resolves_when_it_clears() -> None:
