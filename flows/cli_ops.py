@@ -50,11 +50,9 @@ def retention_cmd(
         now = utcnow()
         catalog = build_catalog(cfg)
         listing = catalog.list()
-        holds = retention.read_holds(catalog.locations, now)
         policy = retention.TieredPolicy.from_config(cfg.retention or RetentionConfig())
-        decisions = retention.plan(retention.candidates(listing.backups, holds), policy, now)
-        # S3 Object Lock: shown in the plan (a dry run too), and never deleted by --apply
-        decisions = retention.keep_locked(listing.backups, decisions, now)
+        # holds and S3 Object Lock: shown in the plan (a dry run too), never deleted by --apply
+        decisions = retention.decide(catalog, listing.backups, policy, now)
         deleted = (
             retention.apply(
                 catalog, listing.backups, decisions, now=now, approved_by=f"--apply ({actor()})"

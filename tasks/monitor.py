@@ -134,11 +134,7 @@ def apply_retention(cfg: Config, now: datetime) -> list[retention.Decision]:
     assert cfg.retention is not None
     catalog = build_catalog(cfg)
     listing = catalog.list()
-    holds = retention.read_holds(catalog.locations, now)
-    decisions = retention.plan(
-        retention.candidates(listing.backups, holds),
-        retention.TieredPolicy.from_config(cfg.retention),
-        now,
-    )
+    policy = retention.TieredPolicy.from_config(cfg.retention)
+    decisions = retention.decide(catalog, listing.backups, policy, now)
     retention.apply(catalog, listing.backups, decisions, now=now)
     return decisions

@@ -173,12 +173,8 @@ def backup_database(
         swept = healthy.sweep(now(), sweep_grace)
         if retention_days is not None:
             listing = healthy.list()
-            holds = retention.read_holds(healthy.locations, now())  # pins, running restores
-            decisions = retention.plan(
-                retention.candidates(listing.backups, holds),
-                retention.AgePolicy(timedelta(days=retention_days)),
-                now(),
-            )
+            policy = retention.AgePolicy(timedelta(days=retention_days))
+            decisions = retention.decide(healthy, listing.backups, policy, now())
             retention.apply(healthy, listing.backups, decisions, now=now())
     except DRError as exc:
         housekeeping_error = str(exc)

@@ -14,6 +14,12 @@ reason to lose data), a pinned backup (``dr pin``), a backup a running restore h
 the newest good and the newest verified backup of each target. ``now`` is a parameter, never read
 from the clock here.
 
+S3 Object Lock is the one hold the plan cannot see (it takes a request per object): ``keep_locked``
+turns each delete of an S3 copy whose objects are locked at ``now`` (retention until a later date,
+or a legal hold) into a keep naming the lock, and ``apply`` checks again just before deleting.
+Nothing of a locked copy is deleted, not even its manifest: in a versioned bucket a plain DELETE
+would only hide the locked versions behind delete markers, still stored and billed.
+
 Pins and leases are small JSON objects next to the catalog (``_pins/<id>.json``,
 ``_leases/<id>/<token>.json``), never inside the immutable backup folder; the catalog only takes
 folders named like backup ids, so ``_``-prefixed folders are never mistaken for backups.
@@ -28,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from tasks.core import audit as audit_trail
 from tasks.core.audit import AuditRecord
@@ -35,6 +42,9 @@ from tasks.core.catalog import BackupEntry, Catalog
 from tasks.core.config import RetentionConfig
 from tasks.core.errors import BackupNotFound, DRError, TransientError
 from tasks.core.storage import Storage
+
+if TYPE_CHECKING:
+    from tasks.core.storage.s3 import ObjectLock
 
 __all__ = [
     "LEASES",
@@ -52,7 +62,9 @@ __all__ = [
     "acquire_lease",
     "apply",
     "candidates",
+    "keep_locked",
     "lease",
+    "object_lock",
     "pin",
     "plan",
     "read_holds",
@@ -134,6 +146,7 @@ class Decision:
     keep: bool
     reason: str
     location: str | None = None  # the location url it applies to; None: every location
+    locked: str | None = None  # the S3 Object Lock that keeps this copy, described
 
 
 @dataclass(frozen=True)
@@ -289,6 +302,69 @@ def _tiered(
     return False, f"older than daily window ({days:g} d), no weekly/monthly representative"
 
 
+# ---- S3 Object Lock -----------------------------------------------------------------------------
+
+
+def object_lock(entry: BackupEntry, loc: Storage, now: datetime) -> str | None:
+    """What keeps S3 from deleting the copy of ``entry`` in ``loc`` at ``now``, described
+    (``locked until 2027-01-03T00:00Z (Object Lock COMPLIANCE)``): the latest retention and
+    any legal hold among the current versions of its objects. None when nothing is locked, and
+    for locations without Object Lock (any storage without ``lock_status``)."""
+    lock_status = getattr(loc, "lock_status", None)
+    if lock_status is None:
+        return None
+    locks: list[ObjectLock] = []
+    for obj in loc.list(f"{entry.backup_id}/"):
+        lock = lock_status(obj.key)
+        if lock is not None and lock.active(now):
+            locks.append(lock)
+    if not locks:
+        return None
+    latest = max(locks, key=lambda lk: lk.until or now)
+    return replace(latest, legal_hold=any(lk.legal_hold for lk in locks)).describe(now)
+
+
+def decide(
+    catalog: Catalog,
+    backups: Sequence[BackupEntry],
+    policy: AgePolicy | TieredPolicy,
+    now: datetime,
+) -> list[Decision]:
+    """What ``policy`` decides for ``backups`` at ``now``, with the holds read from the catalog
+    (pins, running restores) and every copy under S3 Object Lock kept and named: the plan that
+    ``apply`` carries out and that every report shows."""
+    holds = read_holds(catalog.locations, now)
+    return keep_locked(backups, plan(candidates(backups, holds), policy, now), now)
+
+
+def keep_locked(
+    entries: Iterable[BackupEntry], decisions: Iterable[Decision], now: datetime
+) -> list[Decision]:
+    """``decisions`` with each delete of a copy under S3 Object Lock at ``now`` turned into a
+    keep that names the lock (a delete for every location is split per location, so that the
+    unlocked copies still follow the policy). Asks S3 once per object of each doomed copy."""
+    by_id = {e.backup_id: e for e in entries}
+    out: list[Decision] = []
+    for d in decisions:
+        entry = by_id.get(d.backup_id)
+        if d.keep or entry is None:
+            out.append(d)
+            continue
+        where = [loc for loc in entry.locations if d.location in (None, loc.url)]
+        locks = {loc.url: lock for loc in where if (lock := object_lock(entry, loc, now))}
+        if not locks:
+            out.append(d)
+            continue
+        for loc in where:
+            lock = locks.get(loc.url)
+            if lock is None:
+                out.append(replace(d, location=loc.url))
+            else:
+                reason = f"kept in {loc.url}: {lock} (the policy would delete it: {d.reason})"
+                out.append(replace(d, keep=True, reason=reason, location=loc.url, locked=lock))
+    return out
+
+
 # ---- apply --------------------------------------------------------------------------------------
 
 
@@ -303,11 +379,13 @@ def apply(
     """Delete what the plan says, manifest first, in the location each decision names (every
     location when it names none); returns how many copies were deleted. With ``now``, leases
     are read again just before deleting: a restore that started after the plan still wins.
+    A copy under S3 Object Lock is never touched (``keep_locked``, checked here again).
     Every delete (and a failed one) is appended to the audit trail."""
+    entries = list(entries)
     by_id = {e.backup_id: e for e in entries}
     leased = read_holds(catalog.locations, now).leased if now is not None else frozenset()
     deleted = 0
-    for d in decisions:
+    for d in keep_locked(entries, decisions, now or datetime.now(UTC)):
         entry = by_id.get(d.backup_id)
         if d.keep or entry is None or d.backup_id in leased:
             continue

@@ -5,6 +5,10 @@ instance role); ``AWS_ENDPOINT_URL`` points it at an S3-compatible store. Large 
 written by multipart upload from a stream: parts are uploaded by a background thread while the
 caller produces the next one, with at most ``_QUEUE_PARTS`` parts buffered (memory stays bounded
 whatever the backup size). Nothing is visible under the key until ``commit`` completes the upload.
+
+A read that loses its connection in the middle of the body (botocore retries only while a request
+is being sent) resumes where it stopped: a ranged GET pinned to the first response's ETag, so the
+pieces of two different objects are never stitched together.
 """
 
 from __future__ import annotations
@@ -12,22 +16,38 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+import botocore.exceptions as bexc
+import urllib3.exceptions
 from botocore.config import Config
 
 from tasks.core.aws import aws_errors
-from tasks.core.errors import ConfigError, PermanentError
+from tasks.core.errors import ConfigError, PermanentError, TransientError
 from tasks.core.storage import CHUNK, ObjectInfo
 
-__all__ = ["SSE_MODES", "BucketProtection", "S3Storage"]
+__all__ = ["READ_RESUMES", "SSE_MODES", "BucketProtection", "ObjectLock", "S3Storage"]
 
 PART_SIZE = 16 * CHUNK  # S3 needs >= 5 MiB per part; 16 MiB x 10,000 parts = 160 GiB per object
 _QUEUE_PARTS = 2
+READ_RESUMES = 5  # a read gives up after this many lost connections in a row without progress
+_RESUME_BACKOFF = 0.25  # seconds before the first resume; doubles at each failure in a row
+# What a connection lost in the middle of a response body looks like through botocore/urllib3
+_BODY_ERRORS = (
+    bexc.ResponseStreamingError,
+    bexc.IncompleteReadError,
+    bexc.ReadTimeoutError,
+    bexc.ConnectionClosedError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 def s3_errors(what: str, bucket: str) -> contextlib.AbstractContextManager[None]:
@@ -173,6 +193,28 @@ class BucketProtection:
         return f"s3://{self.bucket}: versioning {self.versioning.lower()}, {lock}"
 
 
+@dataclass(frozen=True)
+class ObjectLock:
+    """What S3 Object Lock says about the current version of one object."""
+
+    until: datetime | None  # RetainUntilDate (UTC) of its retention, if it has one
+    mode: str | None  # GOVERNANCE or COMPLIANCE, with ``until``
+    legal_hold: bool
+
+    def active(self, now: datetime) -> bool:
+        """Whether S3 refuses to delete the version at ``now``."""
+        return self.legal_hold or (self.until is not None and self.until > now)
+
+    def describe(self, now: datetime) -> str:
+        """``locked until 2027-01-03T00:00Z (Object Lock COMPLIANCE)``, ``under legal hold``."""
+        parts = []
+        if self.until is not None and self.until > now:
+            parts.append(f"locked until {self.until:%Y-%m-%dT%H:%MZ} (Object Lock {self.mode})")
+        if self.legal_hold:
+            parts.append("under legal hold (Object Lock)")
+        return " and ".join(parts) or "not locked"
+
+
 class S3Storage:
     name = "s3"
 
@@ -245,12 +287,45 @@ class S3Storage:
         return info
 
     def get(self, key: str) -> Iterator[bytes]:
-        with s3_errors(f"read {key}", self.bucket):
-            body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
-            try:
-                yield from body.iter_chunks(CHUNK)
-            finally:
-                body.close()
+        """Streams the object. A connection lost in the middle of the body is resumed from the
+        last byte received (``Range``), only while the object is still the one first read
+        (``IfMatch`` its ETag), after an exponential backoff; READ_RESUMES losses in a row
+        without a byte of progress end in TransientError. A replaced object: PermanentError."""
+        what, full = f"read {key}", self.full_key(key)
+        with s3_errors(what, self.bucket):
+            resp = self.client.get_object(Bucket=self.bucket, Key=full)
+            etag, size = resp["ETag"], int(resp["ContentLength"])
+            offset = failures = 0
+            while True:
+                body = resp["Body"]
+                try:
+                    for chunk in body.iter_chunks(CHUNK):
+                        offset += len(chunk)
+                        failures = 0
+                        yield chunk
+                    return
+                except _BODY_ERRORS as exc:
+                    failures += 1
+                    if failures > READ_RESUMES:
+                        raise TransientError(
+                            f"S3 connection lost {failures} times in a row while trying to "
+                            f"{what} (at byte {offset}): {exc}"
+                        ) from exc
+                finally:
+                    body.close()
+                if offset >= size:  # lost after the last byte: nothing left to ask for
+                    return
+                time.sleep(_RESUME_BACKOFF * 2 ** (failures - 1))
+                try:
+                    resp = self.client.get_object(
+                        Bucket=self.bucket, Key=full, Range=f"bytes={offset}-", IfMatch=etag
+                    )
+                except bexc.ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                        raise
+                    raise PermanentError(
+                        f"S3 object {key} was replaced while it was being read: read it again"
+                    ) from exc
 
     def read(self, key: str) -> bytes:
         return b"".join(self.get(key))
@@ -272,6 +347,23 @@ class S3Storage:
                     yield ObjectInfo(
                         self._rel(obj["Key"]), int(obj["Size"]), obj["LastModified"].astimezone(UTC)
                     )
+
+    def lock_status(self, key: str) -> ObjectLock | None:
+        """The Object Lock retention and legal hold of the current version of ``key`` (None:
+        neither, or no such object). Only what HEAD returns: the caller needs the
+        s3:GetObjectRetention and s3:GetObjectLegalHold permissions, or S3 leaves them out."""
+        try:
+            with s3_errors(f"read the Object Lock of {key}", self.bucket):
+                head = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except FileNotFoundError:
+            return None
+        until = head.get("ObjectLockRetainUntilDate")
+        hold = head.get("ObjectLockLegalHoldStatus") == "ON"
+        if until is None and not hold:
+            return None
+        return ObjectLock(
+            None if until is None else until.astimezone(UTC), head.get("ObjectLockMode"), hold
+        )
 
     def delete(self, key: str) -> None:
         with s3_errors(f"delete {key}", self.bucket):
