@@ -27,6 +27,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from tasks.core import units
 from tasks.core.audit import actor
@@ -47,8 +48,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# no markup: messages quote dr.toml sections ("[pitr]") and details that rich would eat as tags
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 if not out.is_terminal:
     out.width = 250  # pipes and logs get whole lines, not tables wrapped at 80 columns
 
@@ -351,7 +353,7 @@ def _verify(
         table = Table("BACKUP", "LOCATION", "STATUS", "DETAIL", box=None, pad_edge=False)
         for r in report.results:
             style = "green" if r.status is Status.OK else "bold red"
-            table.add_row(r.backup_id, r.location, f"[{style}]{r.status.value}[/]", r.detail)
+            table.add_row(r.backup_id, r.location, Text(r.status.value, style=style), r.detail)
         out.print(table)
         bad = sum(r.status is not Status.OK for r in report.results)
         out.print(f"{len(report.results) - bad} ok, {bad} failed")
@@ -751,7 +753,9 @@ def up(
     config: Annotated[
         Path | None, typer.Option("--config", envvar="DR_CONFIG", help="The environment's dr.toml.")
     ] = None,
-    port: Annotated[int, typer.Option("--port", help="Port of the Prefect server/UI.")] = 4200,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Port of the Prefect server/UI.")
+    ] = 4200,
     state_dir: Annotated[
         Path,
         typer.Option(
@@ -884,7 +888,21 @@ def status(
 
 
 def main() -> None:
-    app()
+    """``dr``: click's usage errors (an unknown option, a value of the wrong type, a missing
+    argument) become one line too, exit code 2, like every other error of ours."""
+    # typer vendors click: its exceptions are only reachable here (typer is pinned)
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # bare `dr` or `dr redis`: the help, as before
+        exc.show()
+        raise SystemExit(EXIT_USAGE) from None
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "dr"
+        err.print(f"dr: error: {exc.format_message()} (see: {where} --help)")
+        raise SystemExit(EXIT_USAGE) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 # the other commands register themselves on ``app`` when imported

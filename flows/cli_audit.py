@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from flows.cli import (
     BackupDirOpt,
@@ -87,7 +88,7 @@ def audit_cmd(
                 style = "green" if r.ok else "bold red"
                 table.add_row(
                     f"{r.at:%Y-%m-%d %H:%M:%S}", r.action, r.target, r.backup_id or "-",
-                    f"[{style}]{r.outcome}[/]", r.approved_by, r.actor,
+                    Text(r.outcome, style=style), r.approved_by, r.actor,
                 )  # fmt: skip
             out.print(table)
         if unreadable:

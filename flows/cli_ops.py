@@ -128,7 +128,13 @@ def metrics_cmd(
     config: ConfigOpt = None,
     serve: Annotated[
         int | None,
-        typer.Option("--serve", metavar="PORT", help="Serve /metrics on this port until ^C."),
+        typer.Option(
+            "--serve",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Serve /metrics on this port until ^C.",
+        ),
     ] = None,
     textfile: Annotated[
         Path | None,

@@ -216,6 +216,36 @@ ROWS: list[tuple[str, list[str], dict[str, str], int, str]] = [
         "add --confirm",
     ),
     ("unknown-scenario", ["scenario", "meteor-strike", "--dry-run"], {}, 2, "unknown scenario"),
+    # -- what the command line parser refuses: one line too, with where to look --
+    (
+        "flag-wrong-type",
+        ["restore", "--list", "--jobs", "two"],
+        {},
+        2,
+        "Invalid value for '--jobs': Input should be a valid integer",
+    ),
+    ("flag-unknown", ["pin", "x", "--backup-dirr", "y"], {}, 2, "No such option: --backup-dirr"),
+    ("argument-missing", ["unpin"], {}, 2, "Missing argument 'backup_id'. (see: dr unpin --help)"),
+    (
+        "command-unknown",
+        ["restor", "--latest"],
+        {},
+        2,
+        "No such command 'restor'. Did you mean 'restore'? (see: dr --help)",
+    ),
+    ("port-out-of-range", ["up", "--port", "99999"], {}, 2, "Invalid value for '--port'"),
+    ("metrics-port", ["metrics", "--serve", "-1"], {}, 2, "Invalid value for '--serve'"),
+    # -- the other commands --
+    ("pin-unknown-id", ["pin", "nosuch"], {}, 1, "no backup with id 'nosuch'"),
+    ("unpin-not-pinned", ["unpin", "nosuch"], {}, 1, "no pinned backup 'nosuch'"),
+    ("pitr-unconfigured", ["pitr", "info"], {}, 2, "add a [pitr] section to dr.toml"),
+    (
+        "redis-unknown-id",
+        ["redis", "restore", "--redis-url", "redis://127.0.0.1:1/0", "--backup-id", "nosuch"],
+        {},
+        1,
+        "no backup with id 'nosuch'",
+    ),
 ]
 
 
