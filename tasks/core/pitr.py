@@ -528,8 +528,13 @@ def pitr_restore(
             raise VerificationFailed(
                 "the restored copy failed its checks ("
                 + "; ".join(f"{c.name}: expected {c.expected}, got {c.actual}" for c in bad[:3])
-                + "); the live server was not touched"
+                + ")"
             )
+    except DRError as exc:  # say what a failure here left: nothing switched, nothing kept
+        shutil.rmtree(plan.new_dir, ignore_errors=True)
+        raise type(exc)(
+            f"{exc}; the restored copy was removed, the live server was not touched"
+        ) from exc
     except BaseException:
         shutil.rmtree(plan.new_dir, ignore_errors=True)
         raise
@@ -576,7 +581,7 @@ def _wait_recovered(url: DatabaseURL, plan: PitrPlan, timeout_s: float, log: Pat
                     "SELECT pg_is_in_recovery(), pg_get_wal_replay_pause_state(), "
                     "pg_last_wal_replay_lsn()::text"
                 ).fetchone()
-        except CommandFailed as exc:
+        except (CommandFailed, psycopg.Error) as exc:  # the server may stop while we ask
             raise CommandFailed(
                 f"recovery of the restored copy stopped: {_server_error(log)}"
             ) from exc

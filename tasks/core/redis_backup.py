@@ -142,12 +142,8 @@ def backup_redis(
         if retention_days is not None:
             # only Redis backups: the PostgreSQL ones in the same catalog keep their own policy
             listing = [e for e in healthy.list(name).backups if e.manifest.engine == "redis"]
-            holds = retention.read_holds(healthy.locations, now())
-            decisions = retention.plan(
-                retention.candidates(listing, holds),
-                retention.AgePolicy(timedelta(days=retention_days)),
-                now(),
-            )
+            policy = retention.AgePolicy(timedelta(days=retention_days))
+            decisions = retention.decide(healthy, listing, policy, now())
             retention.apply(healthy, listing, decisions, now=now())
     except DRError as exc:
         housekeeping_error = str(exc)
@@ -363,6 +359,7 @@ def _replace(
         writers = platform.scale_down(list(plan.writers))
         platform.wait_ready(dict.fromkeys(plan.writers, 0), ready_timeout_s)
     stopped = False
+    kept: list[str] | None = None  # known once the files were moved aside
     try:
         where = server.placement()
         server.stop()
@@ -382,10 +379,17 @@ def _replace(
             with contextlib.suppress(DRError):
                 platform.scale_up(writers)
             raise
+        if kept is None:
+            previous = "previous data kept in the data directory (*.pre_restore_*)"
+        else:  # say exactly where, and what a start would load now
+            placed = f"{where.dir.rstrip('/')}/{where.dbfilename}"
+            previous = (
+                f"previous data kept as {', '.join(kept)}" if kept else "no previous RDB or AOF"
+            ) + f"; the snapshot is in place as {placed}"
         note = "; ".join(
             part
             for part in (
-                "previous data kept in the data directory (*.pre_restore_*)" if stopped else "",
+                previous if stopped else "",
                 "writers still stopped: "
                 + ", ".join(f"{k}={v}" for k, v in writers.replicas.items())
                 if writers

@@ -309,6 +309,7 @@ def snapshot(
         try:
             before = ServerFacts.read(client)
             sock = url.open_socket()
+            size = 0
             try:
                 stream = _Stream(sock)
                 sock.sendall(
@@ -329,7 +330,6 @@ def snapshot(
                         f"{header.decode(errors='replace')[:200]}{hint}"
                     )
                 head = bytearray()
-                size = 0
                 if header.startswith(b"$EOF:"):
                     mode, chunks = "diskless", stream.until(header[5 : 5 + _MARK_LEN])
                 else:
@@ -341,6 +341,8 @@ def snapshot(
                     size += len(chunk)
                     if progress:
                         progress(len(chunk))
+            except TransientError as exc:  # the connection closed: say which, and how far it got
+                raise TransientError(f"cannot {what}: {exc} (after {size} bytes)") from exc
             finally:
                 sock.close()
             after = ServerFacts.read(client)
