@@ -4,10 +4,13 @@ records what a user saw (``fault.outcome``) before asserting it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,6 +111,8 @@ def test_sigkill_during_the_physical_backup(fault: Fault, filler: PitrEnv) -> No
         out, _ = proc.communicate()
     info = _dr(env, "pitr", "info")
     verify = _dr(env, "pitr", "verify")
+    with _backup_lock(env):  # as while the next nightly backup runs: its set is not a failure
+        verify_running = _dr(env, "pitr", "verify")
     again = _dr(env, "backup", "--physical")
     info_after = _dr(env, "pitr", "info")
     verify_after = _dr(env, "pitr", "verify")
@@ -127,12 +132,33 @@ def test_sigkill_during_the_physical_backup(fault: Fault, filler: PitrEnv) -> No
     assert verify.returncode == 1
     assert f"backup: {label}, status: in-progress" in verify.stdout
     assert f"backup: {first.label}, status: valid" in verify.stdout
+    assert verify_running.returncode == 0, verify_running.stdout + verify_running.stderr
+    assert "note: a backup is running" in verify_running.stdout
     # the next backup succeeds (pgBackRest resumes or discards the partial one)
     assert again.returncode == 0, again.stderr
     assert "physical backup " in again.stdout
     assert verify_after.returncode == 0, verify_after.stdout + verify_after.stderr
     assert "status: in-progress" not in verify_after.stdout
     assert info_after.stdout.count("  full  ") == 2
+
+
+@contextlib.contextmanager
+def _backup_lock(env: PitrEnv) -> Iterator[None]:
+    """Hold pgBackRest's backup lock of the stanza (an flock on its lock file), as a running
+    ``pgbackrest backup`` does; the file keeps the owner pgBackRest gives it."""
+    lock_dir = env.cfg().pitr.config_dir / "lock"  # type: ignore[union-attr]
+    lock = lock_dir / f"{env.cfg().pitr.stanza}-backup.lock"  # type: ignore[union-attr]
+    created = not lock.exists()
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        st = lock_dir.stat()
+        os.fchown(fd, st.st_uid, st.st_gid)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+        if created:
+            lock.unlink()
 
 
 # ---- a WAL segment missing from the repository ----------------------------------------------
