@@ -26,7 +26,7 @@ from tasks.core.manifest import MANIFEST, Manifest, new_backup_id
 from tasks.core.storage import CHUNK
 from tasks.core.version import VERSION
 
-__all__ = ["BackupResult", "backup_database"]
+__all__ = ["BackupResult", "backup_database", "commit_manifest", "finish_backup"]
 
 PG_ARTEFACT = "database.pgdump.zst"
 SQLITE_ARTEFACT = "database.sqlite.zst"
@@ -159,10 +159,29 @@ def backup_database(
             labels=labels or {},
         )
 
-    committed, failed = commit_manifest(writer, manifest)
+    return finish_backup(
+        writer, manifest, catalog, retention_days=retention_days, now=now,
+        sweep_grace=sweep_grace, t0=t0,
+    )  # fmt: skip
 
-    # housekeeping only where this backup landed: a location that just failed is left alone
-    # and a failure here is reported next to the committed backup, never instead of it
+
+def finish_backup(
+    writer: ArtefactWriter,
+    manifest: Manifest,
+    catalog: Catalog,
+    *,
+    retention_days: int | None,
+    now: Callable[[], datetime],
+    sweep_grace: timedelta,
+    t0: float,
+) -> BackupResult:
+    """Commit ``manifest`` where every artefact landed, then the housekeeping: sweep the
+    leftovers of crashed runs, and with ``retention_days`` apply the age policy to the earlier
+    backups of the same database and engine (a Redis snapshot filed next to PostgreSQL backups
+    keeps its own policy). Housekeeping runs only where this backup landed (a location that
+    just failed is left alone), and its failure is reported next to the committed backup,
+    never instead of it."""
+    committed, failed = commit_manifest(writer, manifest)
     healthy = Catalog(
         [loc for loc in catalog.locations if loc.url in committed], catalog.encryption
     )
@@ -172,10 +191,14 @@ def backup_database(
     try:
         swept = healthy.sweep(now(), sweep_grace)
         if retention_days is not None:
-            listing = healthy.list()
+            mine = [
+                e
+                for e in healthy.list(manifest.database).backups
+                if e.manifest.engine == manifest.engine
+            ]
             policy = retention.AgePolicy(timedelta(days=retention_days))
-            decisions = retention.decide(healthy, listing.backups, policy, now())
-            retention.apply(healthy, listing.backups, decisions, now=now())
+            decisions = retention.decide(healthy, mine, policy, now())
+            retention.apply(healthy, mine, decisions, now=now())
     except DRError as exc:
         housekeeping_error = str(exc)
     return BackupResult(

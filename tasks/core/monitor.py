@@ -35,6 +35,7 @@ __all__ = [
     "objective_missed",
     "reconcile",
     "size_anomaly",
+    "targets",
     "wal_stale",
 ]
 
@@ -89,19 +90,24 @@ class Facts:
     history: list[Record]  # newest first
 
 
-def gather(cfg: Config) -> Facts:
-    """Read the environment's catalog and run history once."""
-    catalog = build_catalog(cfg)
-    targets = []
+def targets(cfg: Config) -> list[Target]:
+    """What is watched: every ``[[databases]]`` entry, then ``[redis]`` when configured."""
+    out = []
     for db in cfg.databases:
         try:
             source = db.resolve_url().dbname
         except ConfigError:  # URL not resolvable here: backups are filed under the db name
             source = db.name
-        targets.append(Target(db.name, source))
+        out.append(Target(db.name, source))
     if cfg.redis is not None:  # snapshots filed, and runs recorded, under [redis] name
-        targets.append(Target(cfg.redis.name, cfg.redis.name, "redis"))
-    return Facts(targets, catalog.list().backups, read_history(catalog.locations))
+        out.append(Target(cfg.redis.name, cfg.redis.name, "redis"))
+    return out
+
+
+def gather(cfg: Config) -> Facts:
+    """Read the environment's catalog and run history once."""
+    catalog = build_catalog(cfg)
+    return Facts(targets(cfg), catalog.list().backups, read_history(catalog.locations))
 
 
 # ---- the rules ----------------------------------------------------------------------------------

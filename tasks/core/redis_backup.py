@@ -28,9 +28,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tasks.core import rdb, retention
+from tasks.core import rdb
 from tasks.core.artefacts import ArtefactWriter, fetch_artefact
-from tasks.core.backup import BackupResult, commit_manifest
+from tasks.core.backup import BackupResult, finish_backup
 from tasks.core.catalog import DEFAULT_SWEEP_GRACE, BackupEntry, Catalog, utcnow
 from tasks.core.config import Config
 from tasks.core.crypto import EncryptionKey
@@ -130,26 +130,10 @@ def backup_redis(
         ),
         labels=labels or {},
     )
-    committed, failed = commit_manifest(writer, manifest)
-    healthy = Catalog(
-        [loc for loc in catalog.locations if loc.url in committed], catalog.encryption
-    )
-    swept: list[str] = []
-    decisions: list[retention.Decision] = []
-    housekeeping_error = None
-    try:
-        swept = healthy.sweep(now(), sweep_grace)
-        if retention_days is not None:
-            # only Redis backups: the PostgreSQL ones in the same catalog keep their own policy
-            listing = [e for e in healthy.list(name).backups if e.manifest.engine == "redis"]
-            policy = retention.AgePolicy(timedelta(days=retention_days))
-            decisions = retention.decide(healthy, listing, policy, now())
-            retention.apply(healthy, listing, decisions, now=now())
-    except DRError as exc:
-        housekeeping_error = str(exc)
-    return BackupResult(
-        manifest, committed, failed, swept, decisions, time.monotonic() - t0, housekeeping_error
-    )
+    return finish_backup(
+        writer, manifest, catalog, retention_days=retention_days, now=now,
+        sweep_grace=sweep_grace, t0=t0,
+    )  # fmt: skip
 
 
 def verify_rdb(manifest: Manifest, chunks: Iterator[bytes]) -> tuple[bool, str]:

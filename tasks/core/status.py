@@ -1,5 +1,6 @@
-"""``dr status``: per database, the newest backup and the newest restore test; per environment,
-the newest drill, each against the recovery objectives. Read from the catalog and the history."""
+"""``dr status``: per database (and Redis, when configured), the newest backup and the newest
+restore test; per environment, the newest drill, each against the recovery objectives. Read from
+the catalog and the history."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tasks.core.catalog import BackupEntry
 from tasks.core.config import Config
 from tasks.core.environment import build_catalog
 from tasks.core.history import Record, read_history
+from tasks.core.monitor import targets
 
 __all__ = ["Status", "environment_status"]
 
@@ -37,18 +39,14 @@ def environment_status(cfg: Config, now: datetime) -> list[Status]:
     history = read_history(catalog.locations)
     drills = [r for r in history if r.kind == "drill"]
     out = []
-    for db in cfg.databases:
-        try:
-            source = db.resolve_url().dbname
-        except Exception:
-            source = "?"
-        mine = [e for e in backups if e.manifest.database == source]
-        runs = [r for r in history if r.kind == "backup" and r.target == db.name]
-        tests = [r for r in history if r.kind == "restore-test" and r.target == db.name]
+    for t in targets(cfg):
+        mine = [e for e in backups if t.owns(e)]
+        runs = [r for r in history if r.kind == "backup" and r.target == t.name]
+        tests = [r for r in history if r.kind == "restore-test" and r.target == t.name]
         out.append(
             Status(
-                db.name,
-                source,
+                t.name,
+                t.source,
                 mine[0] if mine else None,
                 runs[0] if runs else None,
                 tests[0] if tests else None,

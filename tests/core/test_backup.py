@@ -23,6 +23,7 @@ from tasks.core.sampledata import create_sqlite_app_db
 from tasks.core.storage.local import LocalStorage
 from tasks.core.storage.s3 import S3Storage
 from tests.conftest import DR, psql, run_dr
+from tests.core.fake_backups import put_backup
 
 
 def _seed(url: str, rows: int = 1000) -> None:
@@ -183,11 +184,16 @@ def test_retention_days_deletes_old_backups_everywhere_manifest_first(
     for day in range(0, 40, 5):  # one backup every 5 days, 2026-10-01 .. 2026-11-05
         t = start + timedelta(days=day)
         ids.append(backup_database(url, catalog, now=lambda t=t: t).manifest.backup_id)
+    # as old, but not this database's: another database's backup and a Redis snapshot
+    others = {
+        put_backup(catalog.locations, "billing", start),
+        put_backup(catalog.locations, "app.db", start, engine="redis"),
+    }
     now = start + timedelta(days=40)
     result = backup_database(url, catalog, retention_days=30, now=lambda: now)
     deleted = {d.backup_id for d in result.retention if not d.keep}
     assert deleted == set(ids[:2])  # 40 and 35 days old; 30 days old is kept
     remaining = {e.backup_id for e in catalog.list().backups}
-    assert remaining == set(ids[2:]) | {result.manifest.backup_id}
+    assert remaining == set(ids[2:]) | {result.manifest.backup_id} | others
     for loc in catalog.locations:
         assert not [o for o in loc.list() if o.key.split("/")[0] in deleted]

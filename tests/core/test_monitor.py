@@ -23,6 +23,7 @@ from tasks.core.monitor import (
     size_anomaly,
     wal_stale,
 )
+from tasks.core.status import environment_status
 from tasks.core.storage.local import LocalStorage
 from tasks.core.storage.memory import MemoryStorage
 from tests.core.fake_backups import put_backup
@@ -211,6 +212,12 @@ def test_redis_is_monitored_like_a_database(tmp_path: Path) -> None:
     ]
     stale = next(a for a in alerts if a.rule == "backup-stale")
     assert "30.0 h old" in stale.summary
+    # dr status has a row for it too, with its own newest snapshot
+    rows = {st.database: st for st in environment_status(cfg, NOW)}
+    assert rows["cache"].last_backup is not None
+    assert rows["cache"].last_backup.manifest.engine == "redis"
+    assert rows["main"].last_backup is not None
+    assert rows["main"].last_backup.manifest.engine == "postgresql"
 
 
 def test_an_alert_fires_once_per_incident_and_resolves_when_it_clears() -> None:
