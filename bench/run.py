@@ -1131,12 +1131,19 @@ def what_it_means(b: Bench) -> list[str]:
         f"`pg_restore -j{JOBS}` from the zlib archive ({drr / raw_r:.2f}x). In the timed run: "
         f"fetch (read, sha256, single-threaded zstd decompression into a temp file) "
         f"{fetch:.1f} s, `pg_restore` {pgr:.1f} s, counts {counts:.1f} s, plus about "
-        f"{imports:.1f} s of interpreter start. The archive dr stores went through a pipe, so "
-        "its table of contents has no data offsets and each `pg_restore` worker reads forward "
-        f"through the file to find its blocks. Same bytes, restored raw: {z0r:.1f} s with "
-        f"offsets (`pg_dump -Z0 -f`) vs {piped:.1f} s without ({piped / z0r:.2f}x"
-        + (", a real cost)." if piped > 1.05 * z0r else ", no measurable cost here).")
-        + f" Doing dr's path by hand (`zstd -d` to a file, then `pg_restore`) took {zr:.1f} s.",
+        f"{imports:.1f} s of interpreter start; the sum, {fetch + pgr + counts + imports:.1f} s, "
+        f"against the {drr:.1f} s median of the timed `dr restore` runs shows how much the "
+        "wall times move between runs on this machine. The archive dr stores went through a "
+        "pipe, so its table of contents has no data offsets; dr fills them in while it "
+        "decompresses (tasks/core/engines/pgarchive.py), so `pg_restore` seeks instead of "
+        f"reading forward. Same bytes, restored raw: {z0r:.1f} s with offsets "
+        f"(`pg_dump -Z0 -f`) vs {piped:.1f} s without ({piped / z0r:.2f}x"
+        + (", the cost the offsets save)." if piped > 1.05 * z0r else ", no measurable cost here).")
+        + f" Doing the same by hand (`zstd -d` to a file, then `pg_restore`, offsets not filled "
+        f"in) took {zr:.1f} s. What remains against raw `pg_restore` of the zlib archive is the "
+        "design: decompressing the whole archive to a seekable file before `pg_restore -j` "
+        "starts (pg_dump 16's `-Z zstd` would let `pg_restore` read dr's artefact in place; "
+        "this machine has PostgreSQL 15) and the exact counts of every table after it.",
         "- **Compression level.** zstd level 1 / 3 / 6 / 9 give "
         + " / ".join(f"{_mib(size[k])}" for k in sorted(size))
         + " in pipelines of "
