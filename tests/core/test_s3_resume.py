@@ -20,9 +20,11 @@ import pytest
 
 from tasks.core.errors import PermanentError, TransientError
 from tasks.core.storage.s3 import READ_RESUMES, S3Storage
+from tests.relay import Relay
+from tests.relay import close_all as _close
 
 
-class CuttingProxy:
+class CuttingProxy(Relay):
     """A TCP proxy in front of moto. The responses to the first ``times`` requests for which
     ``cut_if(request)`` holds are relayed up to ``after`` bytes of their body, then the
     connection is reset (RST); everything else is relayed untouched."""
@@ -30,31 +32,14 @@ class CuttingProxy:
     def __init__(
         self, upstream_port: int, cut_if: Callable[[bytes], bool], after: int, times: int
     ) -> None:
-        self.upstream_port, self.cut_if, self.after = upstream_port, cut_if, after
+        self.cut_if, self.after = cut_if, after
         self._left = times
         self.cuts = 0
         self.requests: list[bytes] = []  # the head of every request ``cut_if`` matched
         self._lock = threading.Lock()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        except OSError:
-            client.close()
-            return
+    def relay(self, client: socket.socket, upstream: socket.socket) -> None:
         armed = threading.Event()  # the next response on this connection is to be cut
         threading.Thread(
             target=self._responses, args=(upstream, client, armed), daemon=True
@@ -94,9 +79,6 @@ class CuttingProxy:
                 return
         _close(client, upstream)
 
-    def close(self) -> None:
-        self._sock.close()
-
 
 def _wait_until_received(sock: socket.socket, timeout: float = 30) -> None:
     unsent = array.array("i", [0])
@@ -106,12 +88,6 @@ def _wait_until_received(sock: socket.socket, timeout: float = 30) -> None:
         if unsent[0] == 0:
             return
         time.sleep(0.01)
-
-
-def _close(*socks: socket.socket) -> None:
-    for s in socks:
-        with contextlib.suppress(OSError):
-            s.close()
 
 
 @pytest.fixture

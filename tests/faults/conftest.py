@@ -22,6 +22,7 @@ import pytest
 from tasks.core.pgcluster import PgCluster
 from tests.conftest import _names
 from tests.flows.conftest import app_env, prefect_api  # noqa: F401 - the scenario fault needs them
+from tests.relay import Relay, close_all
 
 _RECORDS: list[FaultRecord] = []
 
@@ -146,34 +147,16 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
 # ---- S3 faults ------------------------------------------------------------------------------
 
 
-class ResettingProxy:
+class ResettingProxy(Relay):
     """A TCP proxy in front of moto that resets (RST) every connection on which a request
     matching ``reset_if`` is sent; everything else is relayed untouched."""
 
     def __init__(self, upstream_port: int, reset_if: Callable[[bytes], bool]) -> None:
-        self.upstream_port, self.reset_if = upstream_port, reset_if
+        self.reset_if = reset_if
         self.resets = 0
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.endpoint = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        except OSError:
-            client.close()
-            return
+    def relay(self, client: socket.socket, upstream: socket.socket) -> None:
         threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
         self._pipe(client, upstream, True)
 
@@ -185,13 +168,7 @@ class ResettingProxy:
                     src.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     break
                 dst.sendall(data)
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
+        close_all(src, dst)
 
 
 @pytest.fixture

@@ -161,6 +161,27 @@ def _backup_lock(env: PitrEnv) -> Iterator[None]:
             lock.unlink()
 
 
+def _verify_then_restore(
+    fault: Fault, env: PitrEnv, target: datetime
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """After a fault in the repository: `dr pitr verify` must fail, and a restore to ``target``
+    must fail in one line before the live server is touched (same directories, same rows).
+    Returns the verify run and the restore's error line."""
+    before = _untouched(env)
+    verify = _dr(env, "pitr", "verify")
+    r = _dr(env, "restore", "--target-time", target.isoformat(), "--confirm")
+    after = _untouched(env)
+    fault.outcome(reported_ok=verify.returncode == 0 or r.returncode == 0, truly_ok=False,
+                  data_intact=after == before)  # fmt: skip
+    assert verify.returncode == 1
+    assert "verify: FAILED" in verify.stdout
+    assert r.returncode == 1
+    line = _error_line(r.stderr)
+    assert "the restored copy was removed, the live server was not touched" in line
+    assert after == before
+    return verify, line
+
+
 # ---- a WAL segment missing from the repository ----------------------------------------------
 
 
@@ -183,20 +204,9 @@ def test_missing_wal_segment(fault: Fault, pitr_env: PitrEnv) -> None:
     [wal] = (env.base / "repo").glob(f"archive/main/*/*/{victim}-*")
     wal.unlink()
     fault.injected()
-    before = _untouched(env)
-    verify = _dr(env, "pitr", "verify")
-    r = _dr(env, "restore", "--target-time", target.isoformat(), "--confirm")
-    after = _untouched(env)
-    fault.outcome(reported_ok=verify.returncode == 0 or r.returncode == 0, truly_ok=False,
-                  data_intact=after == before)  # fmt: skip
-    assert verify.returncode == 1
+    verify, line = _verify_then_restore(fault, env, target)
     assert f"dr: error: WAL gap: {victim}..{victim} (repo1) missing" in verify.stderr
-    assert "verify: FAILED" in verify.stdout
-    assert r.returncode == 1
-    line = _error_line(r.stderr)
     assert "recovery ended before configured recovery target was reached" in line
-    assert "the restored copy was removed, the live server was not touched" in line
-    assert after == before  # the same directories, the same rows
     env.sql("INSERT INTO items (note) VALUES ('still writable')")
 
 
@@ -219,19 +229,8 @@ def test_corrupted_backup_file(fault: Fault, pitr_env: PitrEnv) -> None:
     data[len(data) // 2] ^= 0x01  # one bit, same size
     victim.write_bytes(bytes(data))
     fault.injected()
-    before = _untouched(env)
-    verify = _dr(env, "pitr", "verify")
-    r = _dr(env, "restore", "--target-time", target.isoformat(), "--confirm")
-    after = _untouched(env)
-    fault.outcome(reported_ok=verify.returncode == 0 or r.returncode == 0, truly_ok=False,
-                  data_intact=after == before)  # fmt: skip
-    assert verify.returncode == 1
+    verify, line = _verify_then_restore(fault, env, target)
     assert f"backup: {b.label}, status: invalid" in verify.stdout
     assert "checksum invalid: 1" in verify.stdout
-    assert "verify: FAILED" in verify.stdout
-    assert r.returncode == 1
-    line = _error_line(r.stderr)
     assert "pgbackrest restore failed" in line
     assert "does not match expected checksum" in line
-    assert "the restored copy was removed, the live server was not touched" in line
-    assert after == before

@@ -24,6 +24,7 @@ from tests.conftest import DR, run_dr
 from tests.faults.conftest import Fault, wait_for
 from tests.faults.test_faults import _files, _fsize_limit, _one_error_line
 from tests.redis_server import RedisProcess
+from tests.relay import Relay
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -77,7 +78,7 @@ def _partial_artefacts(backups: Path) -> list[Path]:
 # ---- a network that stalls: the snapshot held half-way -------------------------------------
 
 
-class HoldingProxy:
+class HoldingProxy(Relay):
     """A TCP relay in front of Redis that holds the server's answer on a connection once
     ``hold_after`` bytes of it went through (a stalled network): the `dr` process on the
     other end is caught half-way through the snapshot transfer, for as long as the test wants.
@@ -85,28 +86,17 @@ class HoldingProxy:
     it meanwhile)."""
 
     def __init__(self, upstream_port: int, hold_after: int) -> None:
-        self.upstream_port, self.hold_after = upstream_port, hold_after
+        self.hold_after = hold_after
         self.held = threading.Event()
         self._go = threading.Event()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port, backlog=16)
 
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, 0), daemon=True).start()
-            limit = self.hold_after
-            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+    def relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        threading.Thread(target=self._pipe, args=(client, upstream, 0), daemon=True).start()
+        self._pipe(upstream, client, self.hold_after)
 
     def _pipe(self, src: socket.socket, dst: socket.socket, hold_after: int) -> None:
         sent = 0
@@ -127,7 +117,7 @@ class HoldingProxy:
 
     def close(self) -> None:
         self.release()
-        self._sock.close()
+        super().close()
 
 
 def _half_way(proxy: HoldingProxy, backups: Path) -> list[Path]:
@@ -142,6 +132,21 @@ def holding_proxy(redis_server: RedisProcess) -> Iterator[HoldingProxy]:
     proxy.close()
 
 
+def _backup_held_half_way(
+    server: RedisProcess,
+    proxy: HoldingProxy,
+    tmp_path: Path,
+    dr: Callable[..., subprocess.Popen[str]],
+) -> tuple[subprocess.Popen[str], Path, list[Path]]:
+    """`dr redis backup` of a big dataset through ``proxy``, caught with half the snapshot
+    written: (the process, its backup dir, the partial artefacts)."""
+    _fill_big(server)
+    backups = tmp_path / "backups"
+    proc = dr("redis", "backup", "--redis-url", proxy.url(), "--backup-dir", str(backups))
+    partial = wait_for("the artefact half-written", lambda: _half_way(proxy, backups))
+    return proc, backups, partial
+
+
 # ---- dr killed (SIGKILL) half-way through the snapshot ------------------------------------------
 
 
@@ -149,10 +154,7 @@ def holding_proxy(redis_server: RedisProcess) -> Iterator[HoldingProxy]:
 def test_sigkill_half_way_through_the_snapshot(
     fault: Fault, redis_server: RedisProcess, holding_proxy: HoldingProxy, tmp_path: Path, dr
 ) -> None:
-    _fill_big(redis_server)
-    backups = tmp_path / "backups"
-    proc = dr("redis", "backup", "--redis-url", holding_proxy.url(), "--backup-dir", str(backups))
-    leftovers = wait_for("the artefact half-written", lambda: _half_way(holding_proxy, backups))
+    proc, backups, leftovers = _backup_held_half_way(redis_server, holding_proxy, tmp_path, dr)
     proc.send_signal(signal.SIGKILL)
     fault.injected()
     proc.communicate()
@@ -187,10 +189,7 @@ def test_sigkill_half_way_through_the_snapshot(
 def test_connection_killed_during_the_snapshot(
     fault: Fault, redis_server: RedisProcess, holding_proxy: HoldingProxy, tmp_path: Path, dr
 ) -> None:
-    _fill_big(redis_server)
-    backups = tmp_path / "backups"
-    proc = dr("redis", "backup", "--redis-url", holding_proxy.url(), "--backup-dir", str(backups))
-    wait_for("the artefact half-written", lambda: _half_way(holding_proxy, backups))
+    proc, backups, _ = _backup_held_half_way(redis_server, holding_proxy, tmp_path, dr)
     killed = redis_server.client().execute_command("CLIENT", "KILL", "TYPE", "replica")
     fault.injected()
     holding_proxy.release()  # what was in flight arrives, then the end of the connection
