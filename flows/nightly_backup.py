@@ -4,7 +4,9 @@ is recorded (the monitor alerts on two failures in a row)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from prefect import flow
@@ -15,8 +17,10 @@ from tasks import backup as backup_tasks
 from tasks import monitor as monitor_tasks
 from tasks import pitr as pitr_tasks
 from tasks import redis as redis_tasks
+from tasks.core.backup import BackupResult
 from tasks.core.config import Config, load_config
 from tasks.core.dburl import redact
+from tasks.core.verify import VerifyReport
 
 
 @flow(name="nightly-backup", log_prints=True)
@@ -27,45 +31,32 @@ def nightly_backup(config: str = "") -> State[Any]:
         config: path of the environment's dr.toml (empty: $DR_CONFIG or the local defaults)
     """
     cfg = load_config(config or None)
-    rows, failures = [], []
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
     for db in cfg.databases:
-        started = datetime.now(UTC)
-        backup_id, size, ok = None, None, False
-        try:
-            result = backup_tasks.take_backup(cfg, db.name, "nightly")
-            backup_id, size = result.manifest.backup_id, result.manifest.size
-            check = backup_tasks.verify_backups(cfg, backup_id=backup_id)
-            problems = [f"not stored in {k}: {v}" for k, v in result.failed.items()]
-            problems += [
-                f"{r.location}: {r.status.value} {r.detail}"
-                for r in check.results
-                if r.status.value != "OK"
-            ]
-            if result.housekeeping_error:
-                problems.append(f"housekeeping: {result.housekeeping_error}")
-            ok = not problems
-            detail = "; ".join(problems) or (
-                f"stored in {len(result.committed)} location(s), checksums verified"
+        rows.append(
+            _backup_and_verify(
+                cfg,
+                db.name,
+                partial(backup_tasks.take_backup, cfg, db.name, "nightly"),
+                lambda backup_id: backup_tasks.verify_backups(cfg, backup_id=backup_id),
+                "checksums verified",
+                failures,
             )
-        except Exception as exc:  # recorded and reported: one database must not stop the rest
-            detail = redact(str(exc)) or type(exc).__name__
-        record(
-            cfg,
-            "backup",
-            db.name,
-            started,
-            ok,
-            detail,
-            backup_id=backup_id,
-            extra={"size": size} if size is not None else {},
         )
-        rows.append({"database": db.name, "backup": backup_id or "-", "ok": ok, "detail": detail})
-        if not ok:
-            failures.append(f"{db.name}: {detail}")
     if cfg.pitr is not None:  # pgBackRest: a full physical backup; expiry is pgBackRest's
         rows.append(_physical_backup(cfg, failures))
     if cfg.redis is not None:  # runbook "Redis Backups": daily snapshots, 7 days
-        rows.append(_redis_backup(cfg, failures))
+        rows.append(
+            _backup_and_verify(
+                cfg,
+                cfg.redis.name,
+                lambda: redis_tasks.backup_redis(cfg, "nightly"),
+                lambda backup_id: redis_tasks.verify_redis_backup(cfg, backup_id),
+                "RDB and checksums verified",
+                failures,
+            )
+        )
     if cfg.retention is not None and not failures:  # a night that failed deletes nothing
         try:
             decisions = monitor_tasks.apply_retention(cfg, datetime.now(UTC))
@@ -91,15 +82,23 @@ def _physical_backup(cfg: Config, failures: list[str]) -> dict[str, Any]:
     return {"database": target, "backup": label, "ok": ok, "detail": detail}
 
 
-def _redis_backup(cfg: Config, failures: list[str]) -> dict[str, Any]:
-    """Snapshot Redis, then verify it where it landed (sha256, RDB structure, CRC64, keys)."""
+def _backup_and_verify(
+    cfg: Config,
+    target: str,
+    take: Callable[[], BackupResult],
+    verify: Callable[[str], VerifyReport],
+    verified: str,
+    failures: list[str],
+) -> dict[str, Any]:
+    """Take one backup (a database, or the Redis snapshot), verify it where it landed, record
+    the run in the history and return its report row; a failure is added to ``failures``,
+    never raised: one target must not stop the rest."""
     started = datetime.now(UTC)
-    target = cfg.redis.name if cfg.redis else "redis"
     backup_id, size, ok = None, None, False
     try:
-        result = redis_tasks.backup_redis(cfg, "nightly")
+        result = take()
         backup_id, size = result.manifest.backup_id, result.manifest.size
-        check = redis_tasks.verify_redis_backup(cfg, backup_id)
+        check = verify(backup_id)
         problems = [f"not stored in {k}: {v}" for k, v in result.failed.items()]
         problems += [
             f"{r.location}: {r.status.value} {r.detail}"
@@ -110,9 +109,9 @@ def _redis_backup(cfg: Config, failures: list[str]) -> dict[str, Any]:
             problems.append(f"housekeeping: {result.housekeeping_error}")
         ok = not problems
         detail = "; ".join(problems) or (
-            f"stored in {len(result.committed)} location(s), RDB and checksums verified"
+            f"stored in {len(result.committed)} location(s), {verified}"
         )
-    except Exception as exc:  # recorded and reported like a database backup failure
+    except Exception as exc:  # recorded and reported in the run's table
         detail = redact(str(exc)) or type(exc).__name__
     if not ok:
         failures.append(f"{target}: {detail}")
