@@ -162,6 +162,22 @@ def _emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _require_consent(
+    confirm: bool, plan: list[str], as_json: bool, what: str = "restore plan", **facts: str
+) -> None:
+    """Without ``--confirm``: show the plan (``facts`` go into the JSON form) and raise
+    ConsentRequired (exit 2), having changed nothing."""
+    if confirm:
+        return
+    if as_json:
+        _emit_json({"confirmed": False, **facts, "plan": plan})
+    else:
+        out.print(f"{what} (nothing changed):")
+        for line in plan:
+            out.print(f"  {line}")
+    raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
+
+
 def _parse_time(value: str, flag: str) -> datetime:
     try:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -485,21 +501,9 @@ def restore_cmd(
         from tasks.core.restore import plan_restore, restore
 
         plan = plan_restore(target, entry, drop_existing=drop_existing, now=now)
-        if not confirm:
-            if as_json:
-                _emit_json(
-                    {
-                        "confirmed": False,
-                        "backup_id": entry.backup_id,
-                        "target": str(target),
-                        "plan": plan.describe(),
-                    }
-                )
-            else:
-                out.print("restore plan (nothing changed):")
-                for line in plan.describe():
-                    out.print(f"  {line}")
-            raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
+        _require_consent(
+            confirm, plan.describe(), as_json, backup_id=entry.backup_id, target=str(target)
+        )
         with _progress(f"fetch {entry.backup_id}", total=entry.manifest.size) as progress:
             result = restore(
                 plan,

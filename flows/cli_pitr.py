@@ -19,6 +19,7 @@ from flows.cli import (
     _emit_json,
     _errors,
     _parse_time,
+    _require_consent,
     app,
     err,
     out,
@@ -26,7 +27,7 @@ from flows.cli import (
 from tasks.core import units
 from tasks.core.config import Config, load_config
 from tasks.core.engines.pgbackrest import BackupType, lsn_to_int
-from tasks.core.errors import ConfigError, ConsentRequired, DRError
+from tasks.core.errors import ConfigError, DRError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -199,14 +200,7 @@ def run_physical_restore(
 ) -> None:
     cfg = _pitr_config(config)
     plan = _pitr().plan_pitr(cfg, target, datetime.now(UTC))
-    if not confirm:
-        if as_json:
-            _emit_json({"confirmed": False, "plan": plan.describe()})
-        else:
-            out.print("point-in-time restore plan (nothing changed):")
-            for line in plan.describe():
-                out.print(f"  {line}")
-        raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
+    _require_consent(confirm, plan.describe(), as_json, "point-in-time restore plan")
     r = _pitr().pitr_restore(cfg, plan, confirm=True, say=None if as_json else err.print)
     if as_json:
         _emit_json(

@@ -25,6 +25,7 @@ from flows.cli import (
     _errors,
     _locations,
     _progress,
+    _require_consent,
     app,
     err,
     out,
@@ -33,7 +34,7 @@ from tasks.core import units
 from tasks.core.catalog import BackupEntry, Catalog, utcnow
 from tasks.core.config import Config, RedisConfig, load_config
 from tasks.core.dburl import redact
-from tasks.core.errors import BackupNotFound, ConfigError, ConsentRequired
+from tasks.core.errors import BackupNotFound, ConfigError
 
 redis_app = typer.Typer(
     name="redis",
@@ -283,21 +284,9 @@ def restore(
         plan = plan_redis_restore(
             url, entry, mode=chosen, control=rc.control, writers=rc.writers, now=now
         )
-        if not confirm:
-            if as_json:
-                _emit_json(
-                    {
-                        "confirmed": False,
-                        "backup_id": entry.backup_id,
-                        "target": str(url),
-                        "plan": plan.describe(),
-                    }
-                )
-            else:
-                out.print("restore plan (nothing changed):")
-                for line in plan.describe():
-                    out.print(f"  {line}")
-            raise ConsentRequired("restore not confirmed: add --confirm to carry out this plan")
+        _require_consent(
+            confirm, plan.describe(), as_json, backup_id=entry.backup_id, target=str(url)
+        )
         platform = None
         if rc.writers:
             from tasks.core.environment import build_platform
