@@ -145,6 +145,19 @@ class ScenarioRun:
         self.log.info("notified: %s", ", ".join(reached) or "nobody reachable")
         return "reached " + (", ".join(reached) or "nobody")
 
+    def publish_plan(self, lines: Sequence[str]) -> State[Any]:
+        """The end of a dry run: ``lines`` (markdown) as the ``<scenario>-plan`` artifact and
+        the run Completed with them; nothing was changed."""
+        markdown = "\n".join(lines) + "\n"
+        create_markdown_artifact(
+            key=f"{self.scenario}-plan", markdown=markdown, description=f"Dry run: {self.scenario}"
+        )
+        self.report.outcome = "dry run: plan published, nothing changed"
+        return Completed(
+            message=self.report.outcome,
+            data={"scenario": self.scenario, "outcome": self.report.outcome, "report": markdown},
+        )
+
     def open_incident(self, started: str) -> str:
         """Open this run's incident: on-call (and stakeholders on data loss or a breach) are
         told now, the escalation deployment tells the next audiences on time. If the incident

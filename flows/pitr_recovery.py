@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact
-from prefect.states import Completed, State
+from prefect.states import State
 
 from flows._scenario import ScenarioRun
 from tasks import pitr as pitr_tasks
@@ -73,12 +72,4 @@ def plan_only_pitr(run: ScenarioRun, target: Target) -> State[Any]:
     if workloads:
         lines.append("* stop: " + ", ".join(workloads))
     lines += [f"* {line}" for line in plan.describe()]
-    markdown = "\n".join(lines) + "\n"
-    create_markdown_artifact(
-        key=f"{run.scenario}-plan", markdown=markdown, description=f"Dry run: {run.scenario}"
-    )
-    run.report.outcome = "dry run: plan published, nothing changed"
-    return Completed(
-        message=run.report.outcome,
-        data={"scenario": run.scenario, "outcome": run.report.outcome, "report": markdown},
-    )
+    return run.publish_plan(lines)

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect.artifacts import create_markdown_artifact
-from prefect.states import Completed, State
+from prefect.states import State
 
 from flows._scenario import BackupChoice, BackupStrategy, ScenarioRun
 from tasks import database as db_tasks
@@ -194,15 +193,7 @@ def plan_only(
         )
     lines += [f"* {line}" for line in extra]
     lines.append(f"* expected RTO: {_expected_rto(run)}")
-    markdown = "\n".join(lines) + "\n"
-    create_markdown_artifact(
-        key=f"{run.scenario}-plan", markdown=markdown, description=f"Dry run: {run.scenario}"
-    )
-    run.report.outcome = "dry run: plan published, nothing changed"
-    return Completed(
-        message=run.report.outcome,
-        data={"scenario": run.scenario, "outcome": run.report.outcome, "report": markdown},
-    )
+    return run.publish_plan(lines)
 
 
 def as_utc(t: datetime | None, *, what: str = "the incident time") -> datetime | None:
