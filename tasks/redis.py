@@ -28,7 +28,8 @@ def backup_redis(cfg: Config, trigger: str) -> BackupResult:
             catalog,
             name=rc.name,
             progress=progress,
-            retention_days=rc.retention_days,
+            # with [retention] its redis_days govern, once, after all backups of the night
+            retention_days=None if cfg.retention else rc.retention_days,
             labels={"trigger": trigger},
         )
 

@@ -296,7 +296,8 @@ class RedisConfig(_Model):
     url: str | None = None  # redis:// or rediss://, without password; or:
     url_env: str = "REDIS_URL"  # the variable holding the full URL (used when url is unset)
     password_env: str | None = None  # with url: the variable holding the password
-    retention_days: int = Field(7, ge=1)  # runbook "Redis Backups": 7 days
+    # runbook "Redis Backups": 7 days; [retention] redis_days replaces it when present
+    retention_days: int = Field(7, ge=1)
     writers: tuple[str, ...] = ()  # workloads stopped during a restore (platform.workloads)
     # how a restore reaches the data: "local" = a redis-server process on this machine that
     # the tool may stop and start with ``command``; "kubernetes" = the pod of ``workload`` in
