@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from flows.infrastructure_loss import infrastructure_loss
 from flows.nightly_backup import nightly_backup
+from tasks.core.config import load_config
+from tasks.core.environment import build_catalog
+from tests.core.fake_backups import put_backup
 from tests.flows.conftest import AppEnv, artifacts
 from tests.redis_server import RedisProcess
 
@@ -53,3 +57,23 @@ def test_nightly_backup_snapshots_redis_and_infrastructure_loss_restores_it(
     assert server.client().llen("queue") == 100
     assert 3500 < server.client().ttl("session:1") <= 3600
     assert env.replicas() == 3  # the writers run again
+
+
+def test_with_tiered_retention_the_nightly_redis_policy_is_redis_days(
+    redis_env: tuple[AppEnv, RedisProcess],
+) -> None:
+    """[retention] redis_days replaces [redis] retention_days in the nightly flow: a snapshot
+    3 days old survives a night whose [redis] says 1 day but whose tiers say 7."""
+    env, _ = redis_env
+    text = env.config.read_text().replace("[redis]\n", "[redis]\nretention_days = 1\n")
+    env.config.write_text(text + "\n[retention]\nredis_days = 7\n")
+    cfg = load_config(env.config)
+    catalog = build_catalog(cfg)
+    old = put_backup(
+        catalog.locations, "redis", datetime.now(UTC) - timedelta(days=3), engine="redis"
+    )
+    state = nightly_backup(config=str(env.config), return_state=True)
+    assert state.is_completed(), state.message
+    kept = {e.backup_id for e in catalog.list("redis").backups}
+    assert old in kept  # the 7-day tiers decided, not the 1-day age policy
+    assert len(kept) == 2  # and tonight's snapshot
