@@ -59,6 +59,7 @@ __all__ = [
     "Snapshot",
     "parse_redis_url",
     "read_facts",
+    "read_placement",
     "redis_errors",
     "replay_keys",
     "snapshot",
@@ -396,6 +397,16 @@ class Placement:
         )
 
 
+def read_placement(url: RedisURL) -> Placement:
+    """Where the server at ``url`` keeps its data (``CONFIG GET``)."""
+    with redis_errors(f"read the configuration of {url}"):
+        client = url.client()
+        try:
+            return Placement.read(client)
+        finally:
+            client.close()
+
+
 class RedisServer:
     """A local ``redis-server`` the tool may stop and start with ``command`` (as configured
     in production; ``--appendonly no`` is appended for the loading start)."""
@@ -404,12 +415,7 @@ class RedisServer:
         self.url, self.command, self.timeout_s = url, list(command), timeout_s
 
     def placement(self) -> Placement:
-        with redis_errors(f"read the configuration of {self.url}"):
-            client = self.url.client()
-            try:
-                return Placement.read(client)
-            finally:
-                client.close()
+        return read_placement(self.url)
 
     def stop(self) -> None:
         """SHUTDOWN NOSAVE (nothing of the current data is written over what is kept aside)

@@ -38,6 +38,7 @@ from tasks.core.engines.redis import (
     RedisURL,
     ServerFacts,
     read_facts,
+    read_placement,
     redis_errors,
 )
 from tasks.core.errors import CommandFailed, ConfigError, PermanentError, TransientError
@@ -159,12 +160,7 @@ class RedisPod:
     # ---- the steps of a restore ---------------------------------------------------------------
 
     def placement(self) -> Placement:
-        with redis_errors(f"read the configuration of {self.url}"):
-            client = self.url.client()
-            try:
-                return Placement.read(client)
-            finally:
-                client.close()
+        return read_placement(self.url)
 
     def stop(self) -> None:
         with redis_errors(f"quiesce {self.url}"):
