@@ -6,15 +6,16 @@ I/O error) the whole artefact is abandoned everywhere, so that no backup exists 
 primary is not. A secondary location (S3) that fails is dropped and reported, the others go on
 (a backup that reached only the local disk is still a backup, listed as local-only).
 Reading: the stored stream is hashed while it is decompressed into a file, and the file is
-handed over only if size and hash match the manifest. Memory stays bounded: one chunk in
-flight plus what S3 buffers per part.
+handed over only if size and hash match the manifest. Reading + hashing, decompressing, and
+writing run on three threads at once (tasks/core/pipeline.py). Memory stays bounded: a few
+chunks in flight per stage plus what S3 buffers per part.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -23,6 +24,7 @@ import zstandard
 from tasks.core.crypto import Decryptor, EncryptionKey, Encryptor
 from tasks.core.errors import ConfigError, DRError, IntegrityError, PermanentError
 from tasks.core.manifest import Artefact, Encryption
+from tasks.core.pipeline import WriteBehind, prefetch
 from tasks.core.storage import Storage, Writer
 
 __all__ = [
@@ -179,9 +181,13 @@ def iter_verified(
             data = dec.update(data) + (dec.finalize() if last else b"")
         return unz.decompress(data) if unz is not None and data else data
 
-    try:
+    def stored() -> Iterator[bytes]:  # on the read-ahead thread: reading and hashing
         for chunk in storage.get(art.key):
             digest.update(chunk)
+            yield chunk
+
+    try:
+        for chunk in prefetch(stored()):
             size += len(chunk)
             if progress:
                 progress(len(chunk))
@@ -238,9 +244,14 @@ def _decryptor(art: Artefact, key: EncryptionKey | None, where: str) -> Decrypto
 def check_stored(storage: Storage, art: Artefact, progress: Progress | None = None) -> None:
     """Size and sha256 of the stored bytes only (no key needed); raises IntegrityError."""
     digest, size = hashlib.sha256(), 0
-    try:
+
+    def stored() -> Iterator[bytes]:  # on the read-ahead thread: reading and hashing
         for chunk in storage.get(art.key):
             digest.update(chunk)
+            yield chunk
+
+    try:
+        for chunk in prefetch(stored()):
             size += len(chunk)
             if progress:
                 progress(len(chunk))
@@ -278,7 +289,14 @@ def fetch_artefact(
 def _copy(
     chunks: Iterable[bytes], f: BinaryIO, observe: Callable[[bytes], None] | None = None
 ) -> None:
-    for chunk in chunks:
+    """Write (and observe) on a write-behind thread while ``chunks`` reads, hashes and
+    decompresses: the three stages overlap (tasks/core/pipeline.py)."""
+
+    def sink(chunk: bytes) -> None:
         f.write(chunk)
         if observe:
             observe(chunk)
+
+    with WriteBehind(sink) as behind:
+        for chunk in chunks:
+            behind.put(chunk)

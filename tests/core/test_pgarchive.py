@@ -44,7 +44,7 @@ def archives(pg: PgCluster, dbname: str, tmp_path: Path) -> tuple[bytes, bytes]:
     return seekable.read_bytes(), piped.stdout
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 5000, 1 << 20])
 def test_offsets_found_in_a_pipe_written_archive_match_pg_dump_f(
     archives: tuple[bytes, bytes], chunk: int, tmp_path: Path
 ) -> None:

@@ -32,6 +32,7 @@ _BLK_DATA, _BLK_BLOBS = 1, 3
 _POS_NOT_SET, _POS_SET = 1, 2
 _END = b"\x00" * 5  # WriteInt(0): sign byte 0, four zero bytes
 _FORMAT_CUSTOM = 1
+_SPLIT_SCAN = 4096  # chunks at least this long (longer than any pattern) are scanned in place
 
 
 class _Short(Exception):
@@ -152,9 +153,15 @@ class DataOffsets:
         if self._done:
             return
         if self._head is None:
-            start = self._pos - len(self._tail)
+            tail, start = self._tail, self._pos - len(self._tail)
             self._pos += len(chunk)
-            self._scan(self._tail + chunk, start)
+            if len(chunk) < _SPLIT_SCAN:
+                self._scan(tail + chunk, start)
+                return
+            # a big chunk is not copied: first where a pattern may straddle the two, then it
+            if tail:
+                self._scan(tail + chunk[: len(tail)], start)
+            self._scan(chunk, start + len(tail))
             return
         self._head += chunk
         self._pos += len(chunk)

@@ -180,6 +180,8 @@ def _count_query(tables: list[str]) -> sql.Composed:
 def count_rows(conn: psycopg.Connection[Any], tables: list[str] | None = None) -> dict[str, int]:
     """Exact row count of every user table (or of ``tables``) as this connection sees them."""
     cur = conn.cursor(row_factory=tuple_row)
+    # JIT would compile the count of every big table first: ~60 ms per restore for nothing
+    cur.execute("SET jit = off")
     if tables is None:
         tables = [r[0] for r in cur.execute(_TABLES_SQL).fetchall()]
     counts: dict[str, int] = {}
