@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -43,7 +43,7 @@ def _put(q: _Queue, item: tuple[int, object], stop: threading.Event) -> bool:
     return False
 
 
-def prefetch(source: Iterable[T], depth: int = DEPTH) -> Iterator[T]:
+def prefetch(source: Iterable[T], depth: int = DEPTH) -> Generator[T, None, None]:
     """The items of ``source``, produced on a background thread up to ``depth`` ahead."""
     q: _Queue = queue.Queue(depth)
     stop = threading.Event()
