@@ -33,6 +33,7 @@ __all__ = [
     "check_stored",
     "fetch_artefact",
     "iter_verified",
+    "require_key",
 ]
 
 Progress = Callable[[int], None]
@@ -222,6 +223,12 @@ def iter_verified(
         raise IntegrityError(f"{where}: corrupt zstd stream: {broken}")
     if unz is not None and not unz.eof:
         raise IntegrityError(f"{where}: zstd stream ends early (truncated)")
+
+
+def require_key(art: Artefact, key: EncryptionKey | None) -> None:
+    """Raise ConfigError unless ``key`` opens ``art`` (or it is not encrypted): what
+    ``iter_verified`` would say, before reading anything."""
+    _decryptor(art, key, art.key)
 
 
 def _decryptor(art: Artefact, key: EncryptionKey | None, where: str) -> Decryptor | None:

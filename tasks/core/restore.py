@@ -3,8 +3,10 @@
 plan_restore()  resolve the target and what would change; pure, no side effects
 restore()       with consent only:
   1. fetch the artefact: local copy if its checksum holds, else the next location (S3),
-     decompressed into the work dir; nothing is restored from bytes that did not check out
-  2. recreate missing roles, restore into a new side database (SQLite: a side file)
+     decompressed into the work dir; nothing is restored from bytes that did not check out.
+     Meanwhile the missing roles and the empty side database are created (and removed
+     again if the fetch fails)
+  2. restore into the side database (SQLite: a side file)
   3. verify exact row counts against the manifest; on mismatch drop the side copy, stop;
      then give the side copy the source database's settings
   4. switch the side copy into place in one step; keep the previous database as
@@ -20,12 +22,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from tasks.core import audit as audit_trail
-from tasks.core.artefacts import fetch_artefact
+from tasks.core.artefacts import fetch_artefact, require_key
 from tasks.core.audit import AuditRecord
 from tasks.core.catalog import BackupEntry, utcnow
 from tasks.core.crypto import EncryptionKey
@@ -234,12 +237,21 @@ def _restore(
     if plan.target.engine == "sqlite":
         return _restore_sqlite(plan, progress, t0, key)
     eng = PostgresEngine(plan.target)
+    require_key(m.artefacts[0], key)  # a wrong or missing key: refused before anything changes
     tmp = Path(tempfile.mkdtemp(prefix="dr-restore-", dir=work_dir))
     try:
-        source, skipped = _fetch(plan, tmp / "archive.pgdump", progress, key)
-        roles = eng.ensure_roles(m.roles)
+        # the roles and the empty side database are made on the server while the artefact is
+        # fetched and checked here; if the fetch fails they are removed again
+        with ThreadPoolExecutor(1, thread_name_prefix="dr-prepare") as pool:
+            prepared = pool.submit(_prepare_side, eng, plan)
+            try:
+                source, skipped = _fetch(plan, tmp / "archive.pgdump", progress, key)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    _discard_side(eng, plan.side, prepared.result(), exc)
+                raise
+            roles = prepared.result()
         try:
-            eng.create_side(plan.side, m.database_properties)
             eng.pg_restore(tmp / "archive.pgdump", plan.side, jobs or os.cpu_count() or 1)
             checks = [CountCheck(t, e, a) for t, (e, a) in eng.verify_side(plan.side, m).items()]
             _require_counts(checks, plan.side)
@@ -255,6 +267,19 @@ def _restore(
         eng.drop_database(kept)
         kept = None
     return RestoreResult(plan, source, checks, roles, kept, time.monotonic() - t0, skipped)
+
+
+def _prepare_side(eng: PostgresEngine, plan: RestorePlan) -> list[str]:
+    """The roles the backup needs that the cluster lacks, then the empty side database;
+    returns the roles created (removed again if the side database cannot be made)."""
+    m = plan.entry.manifest
+    roles = eng.ensure_roles(m.roles)
+    try:
+        eng.create_side(plan.side, m.database_properties)
+    except BaseException as exc:
+        _discard_side(eng, plan.side, roles, exc)
+        raise
+    return roles
 
 
 def _restore_lock(target: DatabaseURL) -> contextlib.AbstractContextManager[None]:

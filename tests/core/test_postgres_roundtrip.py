@@ -20,7 +20,12 @@ from tasks.core.backup import backup_database
 from tasks.core.catalog import Catalog
 from tasks.core.dburl import parse_database_url
 from tasks.core.engines.postgres import PostgresEngine
-from tasks.core.errors import ConsentRequired, PermanentError, VerificationFailed
+from tasks.core.errors import (
+    ConsentRequired,
+    IntegrityError,
+    PermanentError,
+    VerificationFailed,
+)
 from tasks.core.manifest import Manifest
 from tasks.core.pgcluster import PgCluster
 from tasks.core.restore import RestoreResult, plan_restore, restore
@@ -382,6 +387,39 @@ def test_restore_into_a_new_cluster_recreates_roles_and_database_properties(
         assert "work_mem=8MB" in settings
         assert f"PUBLIC=CONNECT/{roles.owner}" not in privileges
         assert f"{roles.ro}=CONNECT/{roles.owner}" in privileges
+
+
+def test_a_corrupt_backup_leaves_a_new_cluster_without_the_roles_made_while_it_was_read(
+    pg: PgCluster, dbname: str, roles: Roles, tmp_path: Path
+) -> None:
+    """The roles and the side database are made while the artefact is read; when it then
+    fails its checksum, both are removed: the cluster is left as it was found."""
+    source = pg.url_for(dbname)
+    psql(source, _rich_schema(dbname, roles))
+    catalog, m = _backup(source, tmp_path / "backups")
+    stored = tmp_path / "backups" / m.artefacts[0].key
+    data = bytearray(stored.read_bytes())
+    data[-1000] ^= 0x01
+    stored.write_bytes(bytes(data))
+
+    with PgCluster() as fresh:
+        before = (
+            psql(fresh.url, "SELECT string_agg(rolname, ',' ORDER BY 1) FROM pg_roles"),
+            psql(fresh.url, "SELECT string_agg(datname, ',' ORDER BY 1) FROM pg_database"),
+        )
+        plan = plan_restore(
+            parse_database_url(fresh.url_for(dbname)),
+            catalog.get(m.backup_id),
+            drop_existing=False,
+        )
+        with pytest.raises(IntegrityError, match="sha256 mismatch"):
+            restore(plan, confirm=True)
+        after = (
+            psql(fresh.url, "SELECT string_agg(rolname, ',' ORDER BY 1) FROM pg_roles"),
+            psql(fresh.url, "SELECT string_agg(datname, ',' ORDER BY 1) FROM pg_database"),
+        )
+        assert roles.owner not in before[0]
+        assert after == before
 
 
 def test_restore_over_existing_database_keeps_it_unless_told_to_drop_it(
