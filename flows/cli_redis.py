@@ -44,6 +44,7 @@ redis_app = typer.Typer(
 )
 app.add_typer(redis_app, name="redis")
 
+# flows/entry.py reads --redis-url and $REDIS_URL the same way, to start the snapshot early
 RedisUrlOpt = Annotated[
     str | None,
     typer.Option(

@@ -107,6 +107,8 @@ def backup_redis(
     except BaseException:
         writer.abort()
         raise
+    # a transfer flows/entry.py started began before this call: the backup began with it
+    head_start = max(0.0, (started - snap.sent_at).total_seconds())
     manifest = Manifest(
         backup_id=backup_id,
         engine="redis",
@@ -115,7 +117,7 @@ def backup_redis(
         server_version=snap.facts.version,
         tool_version=VERSION,
         dump_tool=f"replication SYNC ({snap.mode})",
-        started_at=started,
+        started_at=started - timedelta(seconds=head_start),
         consistent_at=snap.consistent_at,
         finished_at=now(),
         artefacts=(art,),
@@ -132,7 +134,7 @@ def backup_redis(
     )
     return finish_backup(
         writer, manifest, catalog, retention_days=retention_days, now=now,
-        sweep_grace=sweep_grace, t0=t0,
+        sweep_grace=sweep_grace, t0=t0 - head_start,
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import redis
 
 from tasks.core.catalog import Catalog, utcnow
-from tasks.core.engines.redis import RedisServer, parse_redis_url
+from tasks.core.engines.redis import RedisServer, parse_redis_url, snapshot
 from tasks.core.errors import (
     ConfigError,
     ConsentRequired,
@@ -35,6 +36,7 @@ from tasks.core.redis_backup import (
 from tasks.core.storage.local import LocalStorage
 from tasks.core.storage.s3 import S3Storage
 from tasks.core.verify import Status, verify_catalog
+from tests.conftest import run_dr
 from tests.redis_server import RedisProcess
 
 BIG = 11 << 20  # a value larger than 10 MB (random: LZF cannot shrink it)
@@ -310,6 +312,12 @@ def test_tls_url(tmp_path: Path) -> None:
         m = backup_redis(url, catalog).manifest
         assert m.counts == {"db0": 1}
         assert m.source.startswith("rediss://")
+        # the command starts the transfer before its imports (flows/entry.py): TLS there too
+        r = run_dr(
+            "redis", "backup", "--redis-url", url.raw, "--backup-dir", str(tmp_path / "backups")
+        )
+        assert r.returncode == 0, r.stderr
+        assert "1 keys in 1 db(s)" in r.stdout
         assert verify_catalog(catalog, now=utcnow()).ok
     finally:
         proc.terminate()
@@ -326,6 +334,29 @@ def test_disk_based_transfer(tmp_path: Path) -> None:
         assert verify_catalog(catalog, now=utcnow()).ok
     finally:
         server.stop()
+
+
+def test_a_failing_write_ends_the_transfer_and_its_connection(
+    redis_server: RedisProcess,
+) -> None:
+    c = redis_server.client()
+    for i in range(16):
+        c.set(f"big:{i}", os.urandom(1 << 20))
+    written = [0]
+
+    def write(chunk: bytes) -> None:  # a disk that fills up after 2 MiB
+        written[0] += len(chunk)
+        if written[0] > 2 << 20:
+            raise PermanentError("cannot write: No space left on device")
+
+    with pytest.raises(PermanentError, match="No space left"):
+        snapshot(parse_redis_url(redis_server.url), write)
+    assert [t for t in threading.enumerate() if t.name == "redis-sync"] == []
+    deadline = time.monotonic() + 10
+    while c.execute_command("CLIENT", "LIST", "TYPE", "replica"):
+        assert time.monotonic() < deadline, "the SYNC connection is still open"
+        time.sleep(0.02)
+    assert c.dbsize() == 16  # the server carried on
 
 
 def test_unreachable_server_is_transient(tmp_path: Path) -> None:

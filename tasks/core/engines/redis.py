@@ -1,13 +1,11 @@
 """Redis: snapshots over the replication protocol, restores into a server the tool controls, or
 key by key into any server.
 
-Snapshot (what ``redis-cli --rdb`` does): a socket opened like redis-py would (TLS for
-``rediss://``, ``AUTH [user] password``), ``REPLCONF capa eof`` (diskless transfers welcome),
-``REPLCONF rdb-only 1`` (no replication stream afterwards; older servers ignore it), ``SYNC``;
-the answer is ``$<len>`` + len bytes (the master saved to disk first) or ``$EOF:<40-byte mark>``
-+ bytes + the mark (diskless). Newlines before it are the master's keep-alives while it forks.
-The bytes go straight to the caller (zstd + sha256 + every location); nothing is parsed on the
-way, so a backup costs what the transfer costs. ``INFO`` before and after gives the facts the
+Snapshot (what ``redis-cli --rdb`` does): the replication protocol, in redis_sync.py (standard
+library only, so that ``dr redis backup`` can start it before its heavy imports): ``INFO
+keyspace``, ``SYNC`` with ``capa eof`` and ``rdb-only``, the RDB received on a thread while the
+caller's thread takes the bytes (zstd + sha256 + every location); nothing is parsed on the way,
+so a backup costs what the transfer costs. ``INFO`` after it gives the rest of the facts the
 manifest records.
 
 Restore (``RedisServer``): the server is stopped, its RDB and AOF are moved aside (kept), the
@@ -32,7 +30,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,14 @@ from redis.retry import Retry
 
 from tasks.core import rdb
 from tasks.core.dburl import redact
+from tasks.core.engines.redis_sync import (
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    Endpoint,
+    Started,
+    Transfer,
+    take_early,
+)
 from tasks.core.errors import (
     ConfigError,
     DRError,
@@ -65,10 +71,6 @@ __all__ = [
     "snapshot",
 ]
 
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 120.0  # a master may fork for a while; it sends a newline every second
-_MARK_LEN = 40
-_RECV = 1 << 20
 _BATCH_BYTES = 8 << 20  # RESTORE pipelines flush at this many payload bytes...
 _BATCH_KEYS = 1000  # ... or keys
 
@@ -100,65 +102,26 @@ def _msg(exc: BaseException) -> str:
 # ---- URLs -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RedisURL:
-    """A parsed ``redis://`` / ``rediss://`` URL; ``str()`` is the redacted form."""
-
-    raw: str = field(repr=False)  # with the password: never print it
-    host: str
-    port: int
-    db: int
-    username: str | None
-    tls: bool
-
-    def __str__(self) -> str:
-        user = f"{self.username}@" if self.username else ""
-        return f"{'rediss' if self.tls else 'redis'}://{user}{self.host}:{self.port}/{self.db}"
+class RedisURL(Endpoint):
+    """A parsed ``redis://`` / ``rediss://`` URL (redis_sync.Endpoint) and redis-py clients of
+    it; ``str()`` is the redacted form."""
 
     def _kwargs(self) -> dict[str, Any]:
         return _parse(self.raw)
 
-    def client(self, db: int | None = None) -> redis.Redis:
-        """A redis-py client (``db`` overrides the URL's database)."""
+    def client(self, db: int | None = None, timeout_s: float | None = None) -> redis.Redis:
+        """A redis-py client (``db`` overrides the URL's database, ``timeout_s`` every
+        timeout)."""
         kw = self._kwargs()
         if db is not None:
             kw["db"] = db
+        if timeout_s is not None:
+            kw["socket_timeout"] = kw["socket_connect_timeout"] = timeout_s
         kw.setdefault("socket_timeout", READ_TIMEOUT_S)
         kw.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
         # no silent reconnect loops: a step fails at once and its task decides about retries
         kw["retry"] = Retry(NoBackoff(), 0)
         return redis.Redis.from_pool(redis.ConnectionPool(**kw))  # close() closes the pool too
-
-    def open_socket(self) -> socket.socket:
-        """A raw connection, authenticated, as redis-py would open it (TLS for rediss://)."""
-        kw = self._kwargs()
-        sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
-        try:
-            if self.tls:
-                ctx = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"))
-                if str(kw.get("ssl_cert_reqs", "required")).lower() in ("none", "0"):
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
-                if kw.get("ssl_certfile"):
-                    ctx.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
-                sock = ctx.wrap_socket(sock, server_hostname=self.host)
-            sock.settimeout(READ_TIMEOUT_S)
-            password = kw.get("password")
-            if password:
-                auth = (
-                    ("AUTH", kw["username"], password) if kw.get("username") else ("AUTH", password)
-                )
-                sock.sendall(_command(*auth))
-                reply = _Stream(sock).line()
-                if not reply.startswith(b"+"):
-                    raise PermanentError(
-                        f"cannot authenticate to {self}: {reply.decode(errors='replace')}"
-                        " (check the user and password)"
-                    )
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
 
 def _parse(url: str) -> dict[str, Any]:
@@ -171,73 +134,13 @@ def parse_redis_url(url: str) -> RedisURL:
     if not url.lower().startswith(("redis://", "rediss://")):
         raise ConfigError(f"not a Redis URL: {redact(url)!r} (expected redis:// or rediss://)")
     try:
-        kw = _parse(url)
+        _parse(url)  # redis-py's objections first: its clients are built from the same URL
+        return RedisURL.parse(url)
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {redact(url)!r}: {_msg(exc)}") from exc
-    return RedisURL(
-        url,
-        str(kw.get("host") or "localhost"),
-        int(kw.get("port") or 6379),
-        int(kw.get("db") or 0),
-        kw.get("username") or None,
-        url.lower().startswith("rediss://"),
-    )
 
 
-# ---- the replication protocol ------------------------------------------------------------------
-
-
-def _command(*args: str | bytes) -> bytes:
-    parts = [f"*{len(args)}\r\n".encode()]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else a
-        parts += [f"${len(b)}\r\n".encode(), b, b"\r\n"]
-    return b"".join(parts)
-
-
-class _Stream:
-    """Lines and raw bytes from a socket, with one read-ahead buffer."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
-
-    def _recv(self) -> bytes:
-        data = self.sock.recv(_RECV)
-        if not data:
-            raise TransientError("Redis closed the connection during the transfer")
-        return data
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buf:
-            self.buf += self._recv()
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.rstrip(b"\r")
-
-    def exactly(self, n: int) -> Iterator[bytes]:
-        """The next ``n`` bytes, in chunks."""
-        while n > 0:
-            data = self.buf or self._recv()
-            self.buf = b""
-            if len(data) > n:
-                data, self.buf = data[:n], data[n:]
-            n -= len(data)
-            yield data
-
-    def until(self, mark: bytes) -> Iterator[bytes]:
-        """Every byte up to ``mark`` (consumed, not yielded)."""
-        tail = b""
-        while True:
-            data = tail + (self.buf or self._recv())
-            self.buf = b""
-            at = data.find(mark)
-            if at >= 0:
-                if at:
-                    yield data[:at]
-                return
-            cut = max(0, len(data) - len(mark))
-            if cut:
-                yield data[:cut]
-            tail = data[cut:]
+# ---- snapshots -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -293,6 +196,7 @@ class Snapshot:
     consistent_at: datetime
     size: int  # RDB bytes
     mode: str  # "disk" or "diskless"
+    sent_at: datetime  # SYNC: before the call when flows/entry.py started the transfer
 
 
 def snapshot(
@@ -303,39 +207,18 @@ def snapshot(
 ) -> Snapshot:
     """Stream an RDB snapshot of the server at ``url`` to ``write``; raises TransientError
     when the server is unreachable or the transfer breaks, PermanentError when it refuses
-    (an ACL user without ``+sync +replconf``, a replica that is not ready, ...)."""
+    (an ACL user without ``+sync +replconf``, a replica that is not ready, ...). The transfer
+    that flows/entry.py started for the same URL is used when there is one."""
     what = f"snapshot {url}"
     with redis_errors(what):
         client = url.client()
         try:
-            before = ServerFacts.read(client)
-            sock = url.open_socket()
             size = 0
+            transfer: Transfer | None = None
             try:
-                stream = _Stream(sock)
-                sock.sendall(
-                    _command("REPLCONF", "capa", "eof") + _command("REPLCONF", "rdb-only", "1")
-                )
-                stream.line()  # +OK (an old server answers -ERR to capa eof: then $<len> comes)
-                stream.line()  # +OK, or -ERR from servers before 7.0 (they send the stream after)
-                sent_at = now()
-                sock.sendall(_command("SYNC"))
-                header = b""
-                while not header:  # newlines are keep-alives while the master prepares
-                    header = stream.line()
-                if not header.startswith(b"$"):
-                    acl = b"NOPERM" in header
-                    hint = " (an ACL user needs +sync +replconf +info)" if acl else ""
-                    raise PermanentError(
-                        f"cannot {what}: the server refused SYNC: "
-                        f"{header.decode(errors='replace')[:200]}{hint}"
-                    )
+                transfer, start = _begin(url, client, now)
                 head = bytearray()
-                if header.startswith(b"$EOF:"):
-                    mode, chunks = "diskless", stream.until(header[5 : 5 + _MARK_LEN])
-                else:
-                    mode, chunks = "disk", stream.exactly(int(header[1:]))
-                for chunk in chunks:
+                for chunk in transfer.chunks():
                     if len(head) < 4096:
                         head += chunk[: 4096 - len(head)]
                     write(chunk)
@@ -345,7 +228,8 @@ def snapshot(
             except TransientError as exc:  # the connection closed: say which, and how far it got
                 raise TransientError(f"cannot {what}: {exc} (after {size} bytes)") from exc
             finally:
-                sock.close()
+                if transfer is not None:
+                    transfer.close()
             after = ServerFacts.read(client)
         finally:
             client.close()
@@ -354,12 +238,44 @@ def snapshot(
         after,
         after.keys,
         after.expiring,
-        (before.keys, before.expiring) == (after.keys, after.expiring),
+        (start.keys, start.expiring) == (after.keys, after.expiring),
         version,
-        _snapshot_time(aux, sent_at),
+        _snapshot_time(aux, start.sent_at),
         size,
-        mode,
+        start.mode,
+        start.sent_at,
     )
+
+
+def _begin(
+    url: RedisURL, client: redis.Redis, now: Callable[[], datetime]
+) -> tuple[Transfer, Started]:
+    """The transfer started early for ``url`` (flows/entry.py), else a new one, once the server
+    answered SYNC. When it cannot start, redis-py reads INFO, as the step before SYNC used to:
+    when that fails too, its error is the one raised (the words users know for an unreachable
+    server, a wrong password, an ACL); else the transfer's. After a failed early start, a new
+    transfer is started when redis-py could read INFO."""
+    transfer = take_early(url.raw)
+    early = transfer is not None
+    while True:
+        if transfer is None:
+            transfer = Transfer(url, now)
+        try:
+            return transfer, transfer.started()
+        except BaseException as exc:
+            transfer.close()
+            if not isinstance(exc, DRError | OSError):
+                raise
+            # after a timeout the server was given its time already: a second is enough
+            probe = url.client(timeout_s=1.0) if isinstance(exc, TimeoutError) else client
+            try:
+                ServerFacts.read(probe)
+            finally:
+                if probe is not client:
+                    probe.close()
+            if not early:
+                raise
+            transfer, early = None, False  # the server answers now: start again
 
 
 def _snapshot_time(aux: Mapping[str, str], sent_at: datetime) -> datetime:
