@@ -495,7 +495,7 @@ class Bench:
             return wrapper
 
         patches: list[tuple[object, str, object]] = [
-            (core_restore, "fetch_artefact", "fetch: read + sha256 | zstd -d | write (3 threads)"),
+            (core_restore, "fetch_artefact", "fetch: read + sha256, zstd -d, write (3 threads)"),
             (PostgresEngine, "ensure_roles", "roles"),
             (PostgresEngine, "create_side", "create the side database"),
             (PostgresEngine, "pg_restore", f"pg_restore -j{JOBS}"),

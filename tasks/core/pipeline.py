@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 __all__ = ["WriteBehind", "prefetch"]
 
 T = TypeVar("T")
-DEPTH = 8
+DEPTH = 4
 _ITEM, _END, _ERROR = range(3)
 _POLL_S = 0.1
 
