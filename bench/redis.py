@@ -224,9 +224,11 @@ lists and sets; one redis-server {summary.aux.get("redis-ver", "?")} on this mac
 {row("load the RDB into a throwaway redis-server (start to loaded)", lo_row)}
 
 - Backup: **{d[0] / c[0]:.2f}x** `redis-cli --rdb` (target ≤ 1.2x), peak RSS {d[3]:.0f} MiB
-  (target ≤ 100 MiB). The transfer path itself (in process) is {inproc_row[0] / c[0]:.2f}x; the
-  rest is the fixed start of a `dr` process ({help_row[0]:.2f} s for `dr redis --help`: the
-  interpreter and the imports of `flows/cli.py`), which weighs less as the dataset grows.
+  (target ≤ 100 MiB). The transfer path itself (in process) is {inproc_row[0] / c[0]:.2f}x. A
+  `dr` process needs {help_row[0]:.2f} s to start (`dr redis --help`: the interpreter and the
+  imports of `flows/cli.py`); `dr redis backup` sends SYNC before those imports
+  (`flows/entry.py`), so the server forks and streams meanwhile, and receiving runs on its own
+  thread beside compression (docs/redis.md, "Backup speed: measured").
 - In process, on the same file: CRC64 alone {crc_s:.3f} s ({mib / crc_s:.0f} MiB/s, anycrc's
   C code); the whole walk (structure, {sum(summary.keys.values()):,} keys, CRC64)
   {walk_s:.2f} s.
