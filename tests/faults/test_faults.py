@@ -4,6 +4,7 @@ real PostgreSQL clusters, moto S3 over HTTP, real signals. Each test records wha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -63,6 +64,60 @@ def _active(pg: PgCluster, app: str, datname_like: str) -> list[int]:
         f"'{app}' AND datname LIKE '{datname_like}' AND state = 'active'",
     )
     return [int(p) for p in out.split()]
+
+
+def _descendants(pid: int, comm: str) -> list[int]:
+    """The processes named ``comm`` below ``pid`` (read from /proc)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue  # gone while we looked
+        own, _, name = head.partition(" (")
+        children.setdefault(int(rest.split()[1]), []).append((int(own), name))
+    found, todo = [], [pid]
+    while todo:
+        for child, name in children.get(todo.pop(), []):
+            todo.append(child)
+            if name == comm:
+                found.append(child)
+    return found
+
+
+def _terminate_mid_copy(pg: PgCluster, proc: subprocess.Popen[str], app: str, db_like: str) -> None:
+    """Terminate every server session of ``app`` (run by ``proc``) while one of them is inside a
+    COPY. The client tool is frozen (SIGSTOP) while we look and terminate, so the fault always
+    lands mid-transfer, never just after the last statement; it then goes on (SIGCONT) and meets
+    the dead connection."""
+
+    def attempt() -> bool:
+        tools = _descendants(proc.pid, app)
+        if not tools:
+            return False
+        for tool in tools:
+            os.kill(tool, signal.SIGSTOP)
+        try:
+            sessions = (
+                f"FROM pg_stat_activity WHERE application_name = '{app}' "
+                f"AND datname LIKE '{db_like}'"
+            )
+            copying = f"SELECT 1 {sessions} AND state = 'active' AND query ILIKE 'COPY %'"
+            if not psql(pg.url, copying):
+                return False
+            psql(pg.url, f"SELECT pg_terminate_backend(pid, 10000) {sessions}")
+            return True
+        finally:
+            for tool in tools:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(tool, signal.SIGCONT)
+
+    def check() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"{app} finished before the fault could be injected")
+        return attempt()
+
+    wait_for(f"{app} inside a COPY", check)
 
 
 def _marker(url: str) -> str:
@@ -261,8 +316,7 @@ def test_connection_terminated_during_the_dump(
     db = clone(big_template)
     backups = tmp_path / "backups"
     proc = _popen("backup", "--database-url", pg.url_for(db), "--backup-dir", str(backups))
-    pids = wait_for("pg_dump at work", lambda: _active(pg, "pg_dump", db))
-    psql(pg.url, f"SELECT pg_terminate_backend(pid) FROM unnest(ARRAY{pids}) pid")
+    _terminate_mid_copy(pg, proc, "pg_dump", db)
     fault.injected()
     _, stderr = proc.communicate(timeout=120)
     listed = Catalog([LocalStorage(backups)]).list().backups
@@ -288,8 +342,7 @@ def test_connection_terminated_during_the_restore_into_the_side_database(
     proc = _popen(
         "restore", "--database-url", url, "--latest", "--confirm", "--backup-dir", str(backups)
     )
-    pids = wait_for("pg_restore at work", lambda: _active(pg, "pg_restore", f"{db}_restore_%"))
-    psql(pg.url, f"SELECT pg_terminate_backend(pid) FROM unnest(ARRAY{pids}) pid")
+    _terminate_mid_copy(pg, proc, "pg_restore", f"{db}_restore_%")
     fault.injected()
     _, stderr = proc.communicate(timeout=120)
     live = _marker(url)
