@@ -524,6 +524,7 @@ def restore_cmd(
                     "kept_as": result.kept_as,
                     "roles_created": result.roles_created,
                     "skipped_locations": result.skipped_locations,
+                    "loaded_during_fetch": result.loaded_during_fetch,
                     "counts": [
                         {"table": c.table, "expected": c.expected, "actual": c.actual}
                         for c in result.counts
@@ -541,6 +542,8 @@ def restore_cmd(
             f"  verified: {len(result.counts)} tables, "
             f"{sum(c.expected for c in result.counts)} rows match the manifest"
         )
+        if result.loaded_during_fetch:
+            out.print(f"  loaded while the backup arrived: {', '.join(result.loaded_during_fetch)}")
         if result.roles_created:
             out.print(f"  roles created (no password set): {', '.join(result.roles_created)}")
         if result.kept_as:

@@ -281,8 +281,9 @@ def fetch_artefact(
     key: EncryptionKey | None = None,
 ) -> Path:
     """Decompress the artefact into ``dest`` (0600); the file exists only if it checked out.
-    ``observe`` sees every decompressed chunk in order, as it is written."""
-    tmp = dest.with_name(dest.name + ".partial")
+    ``observe`` sees every decompressed chunk in order, once it is in the file (written and
+    flushed: it may read the file behind the writer, which is ``partial_path(dest)``)."""
+    tmp = partial_path(dest)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -291,6 +292,11 @@ def fetch_artefact(
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def partial_path(dest: Path) -> Path:
+    """Where ``fetch_artefact`` writes until the artefact checked out."""
+    return dest.with_name(dest.name + ".partial")
 
 
 def _copy(
@@ -302,6 +308,7 @@ def _copy(
     def sink(chunk: bytes) -> None:
         f.write(chunk)
         if observe:
+            f.flush()
             observe(chunk)
 
     with WriteBehind(sink) as behind:

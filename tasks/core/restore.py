@@ -3,10 +3,10 @@
 plan_restore()  resolve the target and what would change; pure, no side effects
 restore()       with consent only:
   1. fetch the artefact: local copy if its checksum holds, else the next location (S3),
-     decompressed into the work dir; nothing is restored from bytes that did not check out.
-     Meanwhile the missing roles and the empty side database are created (and removed
-     again if the fetch fails)
-  2. restore into the side database (SQLite: a side file)
+     decompressed into the work dir. Meanwhile the missing roles and the empty side database
+     are created, and (PostgreSQL) loaded while the bytes arrive (engines/pgstream.py); a
+     copy that does not check out empties the side database again (removed if no copy does)
+  2. finish the restore into the side database (SQLite: the side file is the fetched copy)
   3. verify exact row counts against the manifest; on mismatch drop the side copy, stop;
      then give the side copy the source database's settings
   4. switch the side copy into place in one step; keep the previous database as
@@ -28,13 +28,13 @@ from datetime import datetime
 from pathlib import Path
 
 from tasks.core import audit as audit_trail
-from tasks.core.artefacts import fetch_artefact, require_key
+from tasks.core.artefacts import fetch_artefact, partial_path, require_key
 from tasks.core.audit import AuditRecord
 from tasks.core.catalog import BackupEntry, utcnow
 from tasks.core.crypto import EncryptionKey
 from tasks.core.dburl import DatabaseURL, redact
 from tasks.core.engines import sqlite
-from tasks.core.engines.pgarchive import DataOffsets
+from tasks.core.engines.pgstream import StreamedRestore
 from tasks.core.engines.postgres import PostgresEngine
 from tasks.core.errors import (
     ConfigError,
@@ -101,6 +101,7 @@ class RestoreResult:
     kept_as: str | None
     duration_s: float
     skipped_locations: dict[str, str] = field(default_factory=dict)  # url -> why not used
+    loaded_during_fetch: list[str] = field(default_factory=list)  # tables (engines/pgstream.py)
 
 
 def plan_restore(
@@ -161,21 +162,35 @@ def _fetch(
     dest: Path,
     progress: Callable[[int], None] | None,
     key: EncryptionKey | None,
+    loader: Callable[[], StreamedRestore] | None = None,
+    reset: Callable[[], None] | None = None,
 ) -> tuple[str, dict[str, str]]:
-    """Fetch the main artefact from the first location whose copy checks out. A pg_dump
-    archive gets its data offsets filled in on the way (pg_restore -j then seeks, not scans)."""
+    """Fetch the main artefact from the first location whose copy checks out.
+
+    ``loader`` (a pg_dump archive): a new StreamedRestore per attempt, which loads the side
+    database while the bytes arrive and finishes the load once they checked out; after a copy
+    that did not, ``reset`` gives the next attempt an empty side database again."""
     m = plan.entry.manifest
     art = m.artefacts[0]
     skipped: dict[str, str] = {}
     for loc in plan.entry.locations:
-        offsets = DataOffsets() if art.format == "pg_dump-custom" else None
+        load = loader() if loader else None
         try:
-            fetch_artefact(loc, art, dest, progress, offsets.feed if offsets else None, key)
-            if offsets:
-                offsets.patch(dest)
-            return loc.url, skipped
+            fetch_artefact(loc, art, dest, progress, load.observe if load else None, key)
         except (IntegrityError, FileNotFoundError) as exc:
             skipped[loc.url] = str(exc)
+            if load:
+                load.abort()
+                if load.touched and reset:
+                    reset()
+            continue
+        except BaseException:
+            if load:
+                load.abort()
+            raise
+        if load:
+            load.finish(dest)
+        return loc.url, skipped
     raise IntegrityError(f"no intact copy of backup {m.backup_id}: " + "; ".join(skipped.values()))
 
 
@@ -242,17 +257,32 @@ def _restore(
     try:
         # the roles and the empty side database are made on the server while the artefact is
         # fetched and checked here; if the fetch fails they are removed again
+        archive, n = tmp / "archive.pgdump", jobs or os.cpu_count() or 1
         with ThreadPoolExecutor(1, thread_name_prefix="dr-prepare") as pool:
             prepared = pool.submit(_prepare_side, eng, plan)
+
+            loads: list[StreamedRestore] = []  # one per location tried
+
+            def loader() -> StreamedRestore:
+                partial = partial_path(archive)
+                loads.append(StreamedRestore(eng, plan.side, partial, n, prepared.result))
+                return loads[-1]
+
+            def reset() -> None:  # a copy that failed its checksum was partly loaded
+                prepared.result()
+                eng.drop_database(plan.side)
+                eng.create_side(plan.side, m.database_properties)
+
             try:
-                source, skipped = _fetch(plan, tmp / "archive.pgdump", progress, key)
+                # the side database is loaded while the archive arrives (pgstream.py); nothing
+                # is switched before its checksum held and the counts matched
+                source, skipped = _fetch(plan, archive, progress, key, loader, reset)
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     _discard_side(eng, plan.side, prepared.result(), exc)
                 raise
             roles = prepared.result()
         try:
-            eng.pg_restore(tmp / "archive.pgdump", plan.side, jobs or os.cpu_count() or 1)
             checks = [CountCheck(t, e, a) for t, (e, a) in eng.verify_side(plan.side, m).items()]
             _require_counts(checks, plan.side)
             eng.apply_settings(plan.side, m.database_properties)
@@ -266,7 +296,8 @@ def _restore(
     if kept and plan.drop_existing:
         eng.drop_database(kept)
         kept = None
-    return RestoreResult(plan, source, checks, roles, kept, time.monotonic() - t0, skipped)
+    took = time.monotonic() - t0
+    return RestoreResult(plan, source, checks, roles, kept, took, skipped, loads[-1].streamed)
 
 
 def _prepare_side(eng: PostgresEngine, plan: RestorePlan) -> list[str]:

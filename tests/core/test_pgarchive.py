@@ -102,3 +102,35 @@ def test_anything_unexpected_leaves_the_archive_alone(
     out.write_bytes(data)
     assert finder.patch(out) == 0
     assert out.read_bytes() == data
+
+
+def test_sections_and_names_are_read_as_pg_restore_reads_them(
+    archives: tuple[bytes, bytes], tmp_path: Path
+) -> None:
+    """An entry without a section of its own (an ACL, a comment) belongs where pg_restore
+    puts it: the streamed restore (pgstream.py) splits the archive by these sections."""
+    _, piped = archives
+    path = tmp_path / "a.dump"
+    path.write_bytes(piped)
+    toc = read_toc(piped)
+    for number, section in enumerate(("pre-data", "data", "post-data"), start=2):
+        listed = subprocess.run(
+            ["pg_restore", "--list", f"--section={section}", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        ids = {int(ln.split(";")[0]) for ln in listed.splitlines() if ln and ln[0] != ";"}
+        ours = {e.dump_id: e.desc for e in toc.entries if e.section == number}
+        assert ids <= set(ours), section
+        # left out of --list: settings applied per connection, and the database itself (that
+        # one only with --create)
+        skipped = {ours[i] for i in set(ours) - ids}
+        assert skipped <= {"ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE"}
+    names = {e.name for e in toc.entries if e.desc == "TABLE DATA"}
+    assert names == {"public.users", "public.empty_one", "public.Mixed Case", "public.empty_two",
+                     "public.wide"}  # fmt: skip
+    users = next(e for e in toc.entries if e.desc == "TABLE DATA" and e.name == "public.users")
+    table = next(e for e in toc.entries if e.desc == "TABLE" and e.name == "public.users")
+    assert table.dump_id in users.deps
+    assert not toc.compressed

@@ -25,13 +25,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DataOffsets", "TocEntry", "read_toc"]
+__all__ = ["DataOffsets", "Toc", "TocEntry", "read_toc"]
 
 _MAGIC = b"PGDMP"
 _BLK_DATA, _BLK_BLOBS = 1, 3
 _POS_NOT_SET, _POS_SET = 1, 2
 _END = b"\x00" * 5  # WriteInt(0): sign byte 0, four zero bytes
 _FORMAT_CUSTOM = 1
+SECTION_NONE, SECTION_PRE_DATA, SECTION_DATA, SECTION_POST_DATA = 1, 2, 3, 4
 _SPLIT_SCAN = 4096  # chunks at least this long (longer than any pattern) are scanned in place
 
 
@@ -50,6 +51,9 @@ class TocEntry:
     copy: bool  # data is COPY text (no NUL bytes)
     offset_field: int  # file position of the entry's offset flag byte
     has_data: bool  # the flag says a data block exists (position set or not)
+    section: int  # as pg_restore counts it: an entry without one takes its predecessor's
+    deps: tuple[int, ...] = ()  # dump ids of the entries this one depends on
+    name: str = ""  # schema.name as pg_restore --list shows it
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Toc:
     off_size: int
     entries: tuple[TocEntry, ...]
     end: int  # position of the first byte after the TOC
+    compressed: bool  # pg_dump compressed the data blocks itself (not ``-Z0``)
 
 
 class _Reader:
@@ -98,40 +103,46 @@ def read_toc(buf: bytes) -> Toc:
     r.int_size, off_size, fmt = r.byte(), r.byte(), r.byte()
     if version[:2] < (1, 12) or version[:2] > (1, 16) or fmt != _FORMAT_CUSTOM:
         raise _Unsupported(f"archive version {version} format {fmt}")
-    if version[:2] >= (1, 15):
-        r.byte()  # compression algorithm
-    else:
-        r.int()  # compression level
+    # 1.15+: the algorithm (0 none, then gzip, lz4, zstd); before: the level (-1: zlib default)
+    compressed = (r.byte() if version[:2] >= (1, 15) else r.int()) != 0
     for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
         r.int()
     for _ in range(3):  # database name, server version, pg_dump version
         r.str()
     entries = []
+    section = SECTION_PRE_DATA  # pg_restore's "curSection" starts there
     for _ in range(r.int()):
         dump_id = r.int()
         r.int()  # had dumper
         r.str(), r.str()  # table oid, oid
-        r.str()  # tag
+        tag = r.str() or ""
         desc = r.str() or ""
-        r.int()  # section
+        own_section = r.int()
+        section = own_section if own_section != SECTION_NONE else section
         r.str(), r.str()  # definition, drop statement
         copy_stmt = r.str()
-        r.str(), r.str()  # namespace, tablespace
+        namespace = r.str()
+        r.str()  # tablespace
         if version[:2] >= (1, 14):
             r.str()  # table access method
         if version[:2] >= (1, 16):
             r.int()  # relkind
         r.str()  # owner
         r.str()  # "false" (with oids)
-        while r.str() is not None:  # dependencies, ended by a NULL string
-            pass
+        deps = []
+        while (dep := r.str()) is not None:  # dependencies (dump ids), ended by a NULL string
+            if not dep.isdigit():
+                raise _Unsupported(f"dependency {dep!r}")
+            deps.append(int(dep))
         field_at = r.pos
         state = r.byte()
         r.take(off_size)
-        entries.append(
-            TocEntry(dump_id, desc, bool(copy_stmt), field_at, state in (_POS_NOT_SET, _POS_SET))
-        )
-    return Toc(r.int_size, off_size, tuple(entries), r.pos)
+        has_data = state in (_POS_NOT_SET, _POS_SET)
+        name = f"{namespace}.{tag}" if namespace else tag
+        copy = bool(copy_stmt)
+        e = TocEntry(dump_id, desc, copy, field_at, has_data, section, tuple(deps), name)
+        entries.append(e)
+    return Toc(r.int_size, off_size, tuple(entries), r.pos, compressed)
 
 
 class DataOffsets:
@@ -173,7 +184,7 @@ class DataOffsets:
             self._done = True
             return
         pending = [e for e in toc.entries if e.has_data]
-        if not pending:
+        if not pending or toc.compressed:  # compressed blocks may hold any byte pattern
             self._done = True
             return
         first = self._header(pending[0], toc.int_size)
@@ -216,6 +227,14 @@ class DataOffsets:
     def offsets(self) -> dict[int, int]:
         """Dump id -> position of its data block, for the blocks found so far."""
         return dict(self._found)
+
+    @property
+    def toc(self) -> Toc | None:
+        """The archive's TOC once it has been read (None for an archive left alone)."""
+        return self._toc
+
+    def block_start(self, dump_id: int) -> int | None:
+        return self._found.get(dump_id)
 
     def patch(self, path: Path) -> int:
         """Write the found offsets into the TOC of ``path``; returns how many were written."""

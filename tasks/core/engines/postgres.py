@@ -197,8 +197,9 @@ def count_rows(conn: psycopg.Connection[Any], tables: list[str] | None = None) -
     return counts
 
 
-def _widen_pipe(fd: int) -> None:
-    """Let the child write 1 MiB ahead instead of 64 KiB (Linux; best effort)."""
+def widen_pipe(fd: int) -> None:
+    """Let the writer of a pipe get 1 MiB ahead of its reader instead of 64 KiB (Linux; best
+    effort)."""
     setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
     if setsize is not None:
         with contextlib.suppress(OSError):
@@ -215,6 +216,9 @@ def _ident_with_suffix(name: str, suffix: str) -> str:
     room = _SAFE_IDENT_MAX - len(suffix.encode())
     raw = name.encode()[:room].decode(errors="ignore")
     return raw + suffix
+
+
+SECTIONS = ("pre-data", "data", "post-data")
 
 
 class PostgresEngine:
@@ -323,7 +327,7 @@ class PostgresEngine:
         with tempfile.TemporaryFile() as errf:
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errf, env=self.child_env())
             assert proc.stdout is not None
-            _widen_pipe(proc.stdout.fileno())
+            widen_pipe(proc.stdout.fileno())
             # the pipe is read on its own thread: pg_dump goes on writing while this thread
             # compresses, hashes and stores the chunks before (tasks/core/pipeline.py)
             chunks = prefetch(iter(functools.partial(proc.stdout.read, CHUNK), b""))
@@ -518,30 +522,38 @@ class PostgresEngine:
         superuser restores in one run with ``session_replication_role = replica`` (ordinary
         triggers do not fire, as in pg_dump's --disable-triggers); anyone else restores one
         section at a time, which costs the overlap of loading with index builds."""
+        env = self.restore_env(dbname)
+        runs = (None,) if "session_replication_role" in env.get("PGOPTIONS", "") else SECTIONS
+        for section in runs:
+            self.run_pg_restore(
+                dbname, env, [f"--jobs={max(jobs, 1)}", str(archive)], section=section
+            )
+
+    def restore_env(self, dbname: str) -> dict[str, str]:
+        """The environment of every pg_restore into ``dbname`` (see ``pg_restore``)."""
         env = self.child_env(dbname)
         if self._is_superuser():
             env["PGOPTIONS"] = env.get("PGOPTIONS", "") + " -c session_replication_role=replica"
-            runs: tuple[str | None, ...] = (None,)
-        else:
-            runs = ("pre-data", "data", "post-data")
-        for section in runs:
-            args = [
-                "pg_restore",
-                "--exit-on-error",
-                "--no-password",
-                f"--jobs={max(jobs, 1)}",
-                f"--dbname={dbname}",
-                str(archive),
-            ]
-            if section:
-                args.insert(3, f"--section={section}")
-            proc = subprocess.run(args, capture_output=True, env=env, check=False)
-            if proc.returncode != 0:
-                where = f" ({section})" if section else ""
-                raise CommandFailed(
-                    f"pg_restore{where} into {dbname} failed (exit {proc.returncode}): "
-                    f"{_last_line(proc.stderr)}"
-                )
+        return env
+
+    @staticmethod
+    def run_pg_restore(
+        dbname: str,
+        env: dict[str, str],
+        args: list[str],
+        *,
+        section: str | None = None,
+        what: str | None = None,
+        stdin: bytes | None = None,
+    ) -> None:
+        """One ``pg_restore --exit-on-error`` into ``dbname`` (the archive in ``args``, or
+        ``stdin``); a non-zero exit raises CommandFailed naming ``section`` or ``what``."""
+        cmd = ["pg_restore", "--exit-on-error", "--no-password", f"--dbname={dbname}"]
+        if section:
+            cmd.append(f"--section={section}")
+        proc = subprocess.run([*cmd, *args], input=stdin, capture_output=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise pg_restore_failed(dbname, section or what, proc.returncode, proc.stderr)
 
     def _is_superuser(self) -> bool:
         with (
@@ -767,6 +779,12 @@ def _properties(r: tuple[Any, ...] | None) -> DatabaseProperties:
         settings=tuple(r[4]),
         privileges=privileges,
     )
+
+
+def pg_restore_failed(dbname: str, what: str | None, code: int, stderr: bytes) -> CommandFailed:
+    where = f" ({what})" if what else ""
+    last = _last_line(stderr)
+    return CommandFailed(f"pg_restore{where} into {dbname} failed (exit {code}): {last}")
 
 
 def _last_line(stderr: bytes) -> str:
