@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 Progress = Callable[[int], None]
-ZSTD_LEVEL = 3  # chosen by measurement: docs/benchmarks.md
+# chosen by measurement (docs/benchmarks.md, "Compression choice"): on database dumps level 1
+# was both faster and smaller than level 3, and decompresses faster (restores fetch sooner)
+ZSTD_LEVEL = 1
 # Multithreaded zstd buffers whole jobs per worker; its default job (8 MiB at level 3) put the
 # dr process at ~175 MiB peak RSS. 2 MiB jobs: ~85 MiB, same ratio (docs/benchmarks.md).
 ZSTD_JOB_SIZE = 2 << 20
