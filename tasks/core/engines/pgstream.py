@@ -160,6 +160,8 @@ class StreamedRestore:
     def _pre_data(self) -> None:
         try:
             self._ready()
+            if self._stopping:
+                return  # the copy failed before the side database was even ready
             self._env = self._eng.restore_env(self._db)
             assert self._toc is not None
             assert self._fd is not None
