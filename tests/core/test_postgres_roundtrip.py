@@ -444,6 +444,52 @@ def test_a_corrupt_backup_leaves_a_new_cluster_without_the_roles_made_while_it_w
         assert after == before
 
 
+@pytest.mark.parametrize("while_fetched", [False, True], ids=["after-fetch", "while-fetched"])
+def test_the_database_owner_without_superuser_restores_it_and_no_trigger_fires_twice(
+    pg: PgCluster,
+    dbname: str,
+    tmp_path: Path,
+    while_fetched: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A non-superuser cannot turn triggers off (session_replication_role): the restore must
+    create them only after the data is in, also when tables load during the fetch."""
+    if while_fetched:
+        monkeypatch.setattr(pgstream, "STREAM_MIN", 0)
+    owner = f"{dbname}_owner"
+    psql(pg.url, f"CREATE ROLE {owner} LOGIN CREATEDB; ALTER DATABASE {dbname} OWNER TO {owner}")
+    source, target = pg.url_for(dbname, owner), pg.url_for(f"{dbname}_copy", owner)
+    try:
+        psql(
+            source,
+            """
+CREATE TABLE parent (id int PRIMARY KEY, name text);
+CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, note text);
+CREATE TABLE audit (n int);
+CREATE FUNCTION count_it() RETURNS trigger LANGUAGE plpgsql
+    AS $$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER counted AFTER INSERT ON child FOR EACH ROW EXECUTE FUNCTION count_it();
+INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 2000) g;
+INSERT INTO child SELECT g, 1 + g % 2000, repeat('x', 50) FROM generate_series(1, 20000) g;
+CREATE INDEX ON child (parent_id);
+CREATE MATERIALIZED VIEW per_parent AS SELECT parent_id, count(*) AS n FROM child GROUP BY 1;
+""",
+        )
+        catalog, m = _backup(source, tmp_path / "backups")
+
+        result = _restore(catalog, m.backup_id, target, jobs=4)
+
+        assert all(c.ok for c in result.counts)
+        assert bool(result.loaded_during_fetch) == while_fetched
+        _assert_same_database(source, target)
+        assert psql(target, "SELECT count(*) FROM audit") == "20000"  # as backed up, no more
+        assert psql(target, "SELECT sum(n) FROM per_parent") == "20000"
+    finally:
+        for db in _databases(pg, dbname):
+            psql(pg.url, f'DROP DATABASE "{db}" WITH (FORCE)')
+        psql(pg.url, f"DROP ROLE {owner}")
+
+
 def test_a_copy_found_corrupt_after_tables_were_loaded_from_it_gives_way_to_the_next(
     pg: PgCluster, dbname: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
