@@ -1142,9 +1142,8 @@ def what_it_means(b: Bench) -> list[str]:
         f"`pg_restore -j{JOBS}` from the zlib archive ({drr / raw_r:.2f}x). In the timed run: "
         "the fetch (read + sha256, zstd decompression and the write to a temp file, on three "
         f"threads) took {fetch:.1f} s, and while it ran the side database got its schema and "
-        f"{streamed} started loading, in 64 MiB pieces, each piece through its own "
-        "`pg_restore` (one `COPY`) reading the temp file behind the writer, two pieces at once "
-        "after the fetch (tasks/core/engines/pgstream.py); after the sha256 held, "
+        f"{streamed} started loading, each through its own `pg_restore` reading the temp file "
+        "behind the writer (tasks/core/engines/pgstream.py); after the sha256 held, "
         f"{after:.1f} s more until the last table and index were in (the loads begun during "
         f"the fetch, the small tables and post-data in `-j{JOBS}` passes), then counts "
         f"{counts:.1f} s; about {imports:.1f} s of interpreter start comes on top. "
@@ -1156,10 +1155,9 @@ def what_it_means(b: Bench) -> list[str]:
         + (", the cost the offsets save)." if piped > 1.05 * z0r else ", no measurable cost here).")
         + f" Doing it by hand (`zstd -d` to a file, then `pg_restore`) took {zr:.1f} s. "
         + (
-            "Loading the big tables while the archive is still arriving hides the fetch, and "
-            "loading the biggest one by two `COPY`s at once shortens the critical path that "
-            "`pg_restore -j` gives to a single worker (one table, one `COPY`); the exact counts "
-            "of every table after it fit in what that saves."
+            "Loading the big tables while the archive is still arriving hides the fetch; the "
+            "exact counts of every table after it fit in what raw `pg_restore` spends inflating "
+            "zlib."
             if drr <= 1.15 * raw_r
             else "What remains against raw `pg_restore` of the zlib archive: the biggest "
             "table's load and its index build are the critical path for both, and dr adds the "

@@ -543,8 +543,7 @@ def restore_cmd(
             f"{sum(c.expected for c in result.counts)} rows match the manifest"
         )
         if result.loaded_during_fetch:
-            streamed = ", ".join(result.loaded_during_fetch)
-            out.print(f"  began loading while the backup arrived: {streamed}")
+            out.print(f"  loaded while the backup arrived: {', '.join(result.loaded_during_fetch)}")
         if result.roles_created:
             out.print(f"  roles created (no password set): {', '.join(result.roles_created)}")
         if result.kept_as:

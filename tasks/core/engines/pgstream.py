@@ -8,12 +8,10 @@ second dr is slower than the raw tool. Here the loading starts during the fetch:
 1. **pre-data** (tables, types, functions...) as soon as the archive's table of contents has
    gone by: ``pg_restore --section=pre-data`` reads just the header and TOC, through a pipe;
 2. **big tables**: once a table's data block has grown past ``stream_min`` bytes in the temp
-   file, it is loaded in pieces of about ``PIECE`` bytes, each by a ``pg_restore -L <that
-   entry>`` fed header + TOC + a block made of the piece's rows through a pipe, read from the
-   temp file behind the writer (tailing it); several pieces at once (``jobs - 1`` during the
-   fetch, ``jobs`` after it), so one big table is several backends' work. With ``-Z0`` the
-   blocks are COPY text, so the fetch finds where each starts and ends
-   (pgarchive.DataOffsets) and where a row starts (``_boundary``) without parsing rows;
+   file, a ``pg_restore -L <that entry>`` gets header + TOC + the block through a pipe, read
+   from the temp file behind the writer (tailing it), at most ``jobs`` at a time. With
+   ``-Z0`` the blocks are COPY text, so the fetch finds where each starts and ends
+   (pgarchive.DataOffsets) without parsing rows;
 3. when the fetch has finished *and its sha256 held*: the rest of the data section (small
    tables, sequences, large objects) with ``pg_restore -j`` from the finished file, then,
    when all data is in, the post-data section (indexes, constraints, triggers, ACLs) with
@@ -32,9 +30,7 @@ import os
 import subprocess
 import tempfile
 import threading
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.core.engines.pgarchive import (
@@ -45,39 +41,11 @@ from tasks.core.engines.pgarchive import (
     TocEntry,
 )
 from tasks.core.engines.postgres import PostgresEngine, pg_restore_failed, widen_pipe
-from tasks.core.errors import CommandFailed
 from tasks.core.storage import CHUNK
 
-__all__ = ["PIECE", "STREAM_MIN", "StreamedRestore"]
+__all__ = ["STREAM_MIN", "StreamedRestore"]
 
 STREAM_MIN = 32 * 2**20  # a smaller table waits for the final -j pass: no process per table
-# A streamed table is loaded in pieces of about this many bytes, each by its own pg_restore (one
-# COPY each), as many at once as there are job slots: one big table is no longer one backend's
-# work, as it is for pg_restore -j. Pieces end at row boundaries (see _boundary).
-PIECE = 64 * 2**20
-_WINDOW = 4 * 2**20  # a piece's end is looked for in this much data past PIECE
-_WALK = 4  # rows that must follow a piece boundary, well formed, for it to count as one
-
-
-@dataclass(eq=False)
-class _Table:
-    """A table whose data is loaded while the archive arrives."""
-
-    entry: TocEntry
-    start: int  # its data block's first byte (the block header)
-    listed: Path  # pg_restore --use-list file naming just this entry
-    search_from: int = 0  # no piece boundary is looked for before this
-    open: bool = True  # more pieces may follow
-    left: int = 0  # pieces not loaded yet
-    pieces: list[_Piece] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class _Piece:
-    table: _Table
-    start: int  # first byte to send: the block header (first piece) or a row's chunk header
-    end: int | None = None  # first byte after the piece, once decided
-    last: bool = False  # runs to the block's own end marker (or, when end is None, to EOF)
 
 
 class StreamedRestore:
@@ -112,10 +80,8 @@ class StreamedRestore:
         self._threads: list[threading.Thread] = []
         self._procs: list[subprocess.Popen[bytes]] = []
         self._running = 0
-        self._streamed: list[int] = []  # dump ids, in the order their loading began
-        self._tables: dict[int, _Table] = {}
-        self._queue: deque[_Piece] = deque()  # pieces waiting for a job slot
-        self._done_loads: list[int] = []  # tables whose every piece is in
+        self._streamed: list[int] = []
+        self._done_loads: list[int] = []
         self._errors: list[BaseException] = []
         self._pre_done = threading.Event()
         self._lists = Path(tempfile.mkdtemp(prefix="lists-", dir=partial.parent))
@@ -157,79 +123,26 @@ class StreamedRestore:
         self._start(self._pre_data)
 
     def _schedule(self) -> None:
-        """Pick the tables to stream, cut their pieces, start pieces while job slots are free:
-        ``jobs - 1`` during the fetch (the fetch keeps a core busy), ``jobs`` after it."""
         with self._cond:
-            if self._stopping or self._toc is None:
+            if self._complete or self._stopping:
                 return
-            if not self._complete:
-                self._pick()
-            for t in self._tables.values():
-                self._cut(t)
-            slots = self._jobs if self._complete else max(self._jobs - 1, 1)
-            while self._queue and self._running < slots:
-                self._running += 1
-                self._start(self._load, self._queue.popleft())
-            self._cond.notify_all()  # pieces whose end was just decided may go on
+            for e in list(self._candidates):
+                start = self.offsets.block_start(e.dump_id)
+                if start is None:
+                    break  # blocks are found in order: the later ones are not known either
+                end = self._end_of(e)
+                size = (end if end is not None else self._written) - start
+                if size >= self._min and self._running < max(self._jobs - 1, 1):
+                    self._candidates.remove(e)
+                    self._streamed.append(e.dump_id)
+                    self._running += 1
+                    self._start(self._load, e, start)
+                elif end is not None and size < self._min:
+                    self._candidates.remove(e)  # small: the final -j pass loads it
 
-    def _pick(self) -> None:
-        for e in list(self._candidates):
-            start = self.offsets.block_start(e.dump_id)
-            if start is None:
-                break  # blocks are found in order: the later ones are not known either
-            end = self._block_end(e)
-            size = (end if end is not None else self._written) - start
-            if size >= self._min:
-                self._candidates.remove(e)
-                t = _Table(e, start, self._lists / f"{e.dump_id}.list")
-                t.search_from = start
-                t.listed.write_text(f"{e.dump_id}\n", encoding="ascii")  # before any piece
-                self._tables[e.dump_id] = t
-                self._streamed.append(e.dump_id)
-                self._add_piece(t, start)
-            elif end is not None:
-                self._candidates.remove(e)  # small: the final -j pass loads it
-
-    def _add_piece(self, t: _Table, start: int) -> None:
-        piece = _Piece(t, start)
-        t.pieces.append(piece)
-        t.left += 1
-        self._queue.append(piece)
-
-    def _cut(self, t: _Table) -> None:
-        """Decide where the open piece of ``t`` ends, as far as the bytes written allow."""
-        assert self._toc is not None
-        assert self._fd is not None
-        while t.open:
-            piece = t.pieces[-1]
-            end = self._block_end(t.entry)
-            if end is None and self._complete:  # block end unknown: the piece runs to EOF,
-                piece.last, t.open = True, False  # where pg_restore stops at the end marker
-                return
-            at = max(t.search_from, piece.start + PIECE)
-            if end is not None and at >= end:
-                piece.end, piece.last, t.open = end, True, False
-                return
-            have = (end if end is not None else self._written) - at
-            if have < _WINDOW and end is None:
-                return  # wait for more of the block
-            window = os.pread(self._fd, min(have, _WINDOW), at)
-            found = _boundary(window, self._toc.int_size)
-            if found is None:
-                if end is not None and at + len(window) >= end:
-                    piece.end, piece.last, t.open = end, True, False
-                    return
-                t.search_from = at + max(len(window) - _WINDOW // 4, 1)
-                continue
-            piece.end = at + found
-            self._add_piece(t, at + found)
-
-    def _block_end(self, e: TocEntry) -> int | None:
-        """Where the data block of ``e`` ends, when known."""
+    def _end_of(self, e: TocEntry) -> int | None:
         nxt = self._next_with_data[e.dump_id]
-        if nxt is None:
-            return self._written if self._complete else None
-        return self.offsets.block_start(nxt)
+        return None if nxt is None else self.offsets.block_start(nxt)
 
     def _start(self, target: Callable[..., None], *args: object) -> None:
         t = threading.Thread(target=self._guarded, args=(target, *args), daemon=True)
@@ -257,36 +170,30 @@ class StreamedRestore:
         finally:
             self._pre_done.set()
 
-    def _load(self, piece: _Piece) -> None:
-        """One piece of a table's data into the database, through its own pg_restore."""
-        t = piece.table
+    def _load(self, e: TocEntry, start: int) -> None:
+        """``pg_restore -L <e>`` fed header + TOC + e's block, read behind the writer."""
         try:
             self._pre_done.wait()
             with self._cond:
                 if self._errors or self._stopping:
                     return  # pre-data failed (reported) or the restore was abandoned
-            self._pipe(piece)
+            self._pipe(e, start)
         finally:
             with self._cond:
                 self._running -= 1
-                t.left -= 1
-                if not t.open and t.left == 0:
-                    self._done_loads.append(t.entry.dump_id)
+                self._done_loads.append(e.dump_id)
                 self._cond.notify_all()
             self._schedule()  # a slot is free
 
-    def _pipe(self, piece: _Piece) -> None:
-        """``pg_restore -L <entry>`` fed header + TOC + a data block made of this piece's rows:
-        the block's own header first, and the end-of-data marker after a piece that does not
-        end the block. The bytes go from the temp file behind the writer."""
+    def _pipe(self, e: TocEntry, start: int) -> None:
         assert self._toc is not None
         assert self._fd is not None
-        e, isz = piece.table.entry, self._toc.int_size
+        listed = self._lists / f"{e.dump_id}.list"
+        listed.write_text(f"{e.dump_id}\n", encoding="ascii")
         cmd = ["pg_restore", "--exit-on-error", "--no-password", f"--dbname={self._db}"]
-        left_early, pos = False, piece.start
         with tempfile.TemporaryFile(dir=self._lists) as err:
             proc = subprocess.Popen(
-                [*cmd, f"--use-list={piece.table.listed}"],
+                [*cmd, f"--use-list={listed}"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -296,51 +203,37 @@ class StreamedRestore:
                 self._procs.append(proc)
             assert proc.stdin is not None
             try:
-                head = os.pread(self._fd, self._toc.end, 0)
-                if piece.start != piece.table.start:  # the block header, then this piece's rows
-                    head += os.pread(self._fd, 2 + isz, piece.table.start)
-                proc.stdin.write(head)
+                proc.stdin.write(os.pread(self._fd, self._toc.end, 0))
                 proc.stdin.flush()
-                pipe = proc.stdin.fileno()
+                pipe, pos = proc.stdin.fileno(), start
                 widen_pipe(pipe)
-                while (upto := self._readable(piece, pos)) is not None:
+                while (upto := self._readable(e, pos)) is not None:
                     # from the page cache to the pipe in the kernel: no copy through Python
                     pos += os.sendfile(pipe, self._fd, pos, min(upto - pos, CHUNK))
-                if not piece.last and not self._stopping:
-                    proc.stdin.write(b"\x00" * (1 + isz))  # end of this block's data
             except BrokenPipeError:
-                # pg_restore left: it failed (its exit code says so), or the piece runs to the
-                # end of the file and pg_restore stopped at the block's end marker
-                left_early = piece.end is not None or not piece.last
+                pass  # pg_restore has read its block and left, or failed: its exit code says
             finally:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     proc.stdin.close()
                 proc.wait()
-            if self._stopping:
-                return
-            if proc.returncode != 0:
+            if proc.returncode != 0 and not self._stopping:
                 err.seek(0)
                 what = f"data of {e.name}"
                 raise pg_restore_failed(self._db, what, proc.returncode, err.read())
-            if left_early:  # it read less than its piece, and said nothing: never a success
-                raise CommandFailed(
-                    f"pg_restore (data of {e.name}) into {self._db} stopped reading before the "
-                    f"end of its data at byte {pos:,}"
-                )
 
-    def _readable(self, piece: _Piece, pos: int) -> int | None:
-        """How far the piece can be sent from ``pos`` now (waits for the writer, or for its end
-        to be decided); None at its end (or when the restore is abandoned)."""
+    def _readable(self, e: TocEntry, pos: int) -> int | None:
+        """How far the block can be read from ``pos`` now (waits for the writer); None at its
+        end (or when the restore is abandoned)."""
         with self._cond:
             while True:
                 if self._stopping:
                     return None
-                if piece.end is not None:
-                    return piece.end if pos < piece.end else None
-                if piece.last:  # to the end of the file: the fetch has ended
-                    return self._written if pos < self._written else None
-                # until its end is decided, never past where it may be cut
-                upto = min(self._written, piece.start + PIECE)
+                end = self._end_of(e)
+                if end is None and self._complete:
+                    end = self._written  # the last block runs to the end of the file
+                if end is not None and pos >= end:
+                    return None
+                upto = end if end is not None else self._written
                 if upto > pos:
                     return upto
                 self._cond.wait()
@@ -358,7 +251,6 @@ class StreamedRestore:
                 self._eng.pg_restore(archive, self._db, self._jobs)
                 return
             self.offsets.patch(archive)  # the -j runs below seek to each block, not scan
-            self._schedule()  # the rest of the streamed tables, in pieces, on every job slot
             self._pre_done.wait()
             self._raise_first()
             self._rest(self._toc, archive)
@@ -415,7 +307,7 @@ class StreamedRestore:
                     if ready:
                         break
                     self._cond.wait()  # until a load is done
-                jobs = max(self._jobs - self._running, 1)
+                jobs = max(self._jobs - len(loading), 1)
             wave += 1
             listed = self._lists / f"wave{wave}.list"
             listed.write_text("".join(f"{e.dump_id}\n" for e in ready), encoding="ascii")
@@ -463,29 +355,3 @@ class StreamedRestore:
             f.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self._lists.rmdir()
-
-
-def _boundary(buf: bytes, int_size: int) -> int | None:
-    """Offset in ``buf`` (bytes of an uncompressed COPY data block) where a row's chunk starts,
-    checked by walking ``_WALK`` chunks from it; None if there is none in ``buf``.
-
-    With ``-Z0`` pg_dump writes each row as one chunk: a length (sign byte 0, then ``int_size``
-    bytes, little-endian) and the row's COPY text, which ends with a newline and never holds a
-    NUL byte. So a newline followed by a NUL may start a chunk; a length field can hold the
-    same two bytes, which the walk rejects (its "length" runs into text, not onto a newline
-    followed by the next length). A zero length is the block's end: never a place to cut."""
-    i = 0
-    while (nl := buf.find(b"\n\x00", i)) >= 0:
-        at = h = nl + 1
-        for _ in range(_WALK):
-            if h + 1 + int_size > len(buf) or buf[h] != 0:
-                break
-            n = int.from_bytes(buf[h + 1 : h + 1 + int_size], "little")
-            h += 1 + int_size
-            if n == 0 or h + n > len(buf) or buf[h + n - 1] != 0x0A:
-                break
-            h += n
-        else:
-            return at
-        i = nl + 1
-    return None
