@@ -41,6 +41,7 @@ from tasks.core.engines.pgarchive import (
     TocEntry,
 )
 from tasks.core.engines.postgres import PostgresEngine, pg_restore_failed, widen_pipe
+from tasks.core.errors import CommandFailed
 from tasks.core.storage import CHUNK
 
 __all__ = ["STREAM_MIN", "StreamedRestore"]
@@ -191,6 +192,7 @@ class StreamedRestore:
         listed = self._lists / f"{e.dump_id}.list"
         listed.write_text(f"{e.dump_id}\n", encoding="ascii")
         cmd = ["pg_restore", "--exit-on-error", "--no-password", f"--dbname={self._db}"]
+        left_early, pos = False, start
         with tempfile.TemporaryFile(dir=self._lists) as err:
             proc = subprocess.Popen(
                 [*cmd, f"--use-list={listed}"],
@@ -205,21 +207,31 @@ class StreamedRestore:
             try:
                 proc.stdin.write(os.pread(self._fd, self._toc.end, 0))
                 proc.stdin.flush()
-                pipe, pos = proc.stdin.fileno(), start
+                pipe = proc.stdin.fileno()
                 widen_pipe(pipe)
                 while (upto := self._readable(e, pos)) is not None:
                     # from the page cache to the pipe in the kernel: no copy through Python
                     pos += os.sendfile(pipe, self._fd, pos, min(upto - pos, CHUNK))
             except BrokenPipeError:
-                pass  # pg_restore has read its block and left, or failed: its exit code says
+                # pg_restore left before the end of what it was sent: it failed (its exit code
+                # says so), or the block's end was not known and it stopped at its end marker
+                nxt = self._next_with_data[e.dump_id]
+                left_early = nxt is None or self.offsets.block_start(nxt) is not None
             finally:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     proc.stdin.close()
                 proc.wait()
-            if proc.returncode != 0 and not self._stopping:
+            if self._stopping:
+                return
+            if proc.returncode != 0:
                 err.seek(0)
                 what = f"data of {e.name}"
                 raise pg_restore_failed(self._db, what, proc.returncode, err.read())
+            if left_early:  # it read less than its block, and said nothing: never a success
+                raise CommandFailed(
+                    f"pg_restore (data of {e.name}) into {self._db} stopped reading before the "
+                    f"end of its data, at byte {pos:,} of the archive"
+                )
 
     def _readable(self, e: TocEntry, pos: int) -> int | None:
         """How far the block can be read from ``pos`` now (waits for the writer); None at its
