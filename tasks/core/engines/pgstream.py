@@ -9,13 +9,13 @@ second dr is slower than the raw tool. Here the loading starts during the fetch:
    gone by: ``pg_restore --section=pre-data`` reads just the header and TOC, through a pipe;
 2. **big tables**: once a table's data block has grown past ``stream_min`` bytes in the temp
    file, a ``pg_restore -L <that entry>`` gets header + TOC + the block through a pipe, read
-   from the temp file behind the writer (tailing it), at most ``jobs`` at a time. With
-   ``-Z0`` the blocks are COPY text, so the fetch finds where each starts and ends
-   (pgarchive.DataOffsets) without parsing rows;
+   from the temp file behind the writer (tailing it), at most ``jobs - 1`` at a time (the
+   fetch keeps a core busy), at least one. With ``-Z0`` the blocks are COPY text, so the
+   fetch finds where each starts and ends (pgarchive.DataOffsets) without parsing rows;
 3. when the fetch has finished *and its sha256 held*: the rest of the data section (small
-   tables, sequences, large objects) with ``pg_restore -j`` from the finished file, then,
-   when all data is in, the post-data section (indexes, constraints, triggers, ACLs) with
-   ``-j``.
+   tables, sequences, large objects) and the post-data section (indexes, constraints,
+   triggers, ACLs) from the finished file, in waves of ``pg_restore -j --use-list``: an entry
+   waits while a table it depends on is still loading (``_rest``).
 
 Nothing is switched before the whole archive checked out: the data loaded during the fetch
 only goes to the side database, which is thrown away when the checksum fails (``abort``).
