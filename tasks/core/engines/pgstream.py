@@ -40,7 +40,12 @@ from tasks.core.engines.pgarchive import (
     Toc,
     TocEntry,
 )
-from tasks.core.engines.postgres import PostgresEngine, pg_restore_failed, widen_pipe
+from tasks.core.engines.postgres import (
+    PostgresEngine,
+    pg_restore_command,
+    pg_restore_failed,
+    widen_pipe,
+)
 from tasks.core.errors import CommandFailed
 from tasks.core.storage import CHUNK
 
@@ -191,7 +196,7 @@ class StreamedRestore:
         assert self._fd is not None
         listed = self._lists / f"{e.dump_id}.list"
         listed.write_text(f"{e.dump_id}\n", encoding="ascii")
-        cmd = ["pg_restore", "--exit-on-error", "--no-password", f"--dbname={self._db}"]
+        cmd = pg_restore_command(self._db)
         left_early, pos = False, start
         with tempfile.TemporaryFile(dir=self._lists) as err:
             proc = subprocess.Popen(

@@ -548,7 +548,7 @@ class PostgresEngine:
     ) -> None:
         """One ``pg_restore --exit-on-error`` into ``dbname`` (the archive in ``args``, or
         ``stdin``); a non-zero exit raises CommandFailed naming ``section`` or ``what``."""
-        cmd = ["pg_restore", "--exit-on-error", "--no-password", f"--dbname={dbname}"]
+        cmd = pg_restore_command(dbname)
         if section:
             cmd.append(f"--section={section}")
         proc = subprocess.run([*cmd, *args], input=stdin, capture_output=True, env=env, check=False)
@@ -779,6 +779,11 @@ def _properties(r: tuple[Any, ...] | None) -> DatabaseProperties:
         settings=tuple(r[4]),
         privileges=privileges,
     )
+
+
+def pg_restore_command(dbname: str) -> list[str]:
+    """``pg_restore`` into ``dbname``, stopping at the first error, never asking for a password."""
+    return ["pg_restore", "--exit-on-error", "--no-password", f"--dbname={dbname}"]
 
 
 def pg_restore_failed(dbname: str, what: str | None, code: int, stderr: bytes) -> CommandFailed:
