@@ -52,6 +52,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 JOBS = 2
 LIST_BACKUPS = 1000
 FETCH_STAGE = "fetch: read + sha256, zstd -d, write; pre-data and big tables load beside it"
+COUNT_STAGE = "counts (count(*) of the tables not loaded during the fetch)"
 LOAD_STAGE = f"after the fetch: the rest of the data, then post-data (pg_restore -j{JOBS} passes)"
 CHUNK = 1 << 20
 
@@ -372,6 +373,7 @@ class Bench:
         for r in range(self.runs):
             order = keys[r % len(keys) :] + keys[: r % len(keys)]  # rotate: no fixed position
             for k in order:
+                os.sync()  # no run pays for the writeback of the one before it
                 s = variants[k]()
                 into[k].samples.append(s)
                 rss = ", ".join(f"{lbl} {kib / 1024:.0f} MiB" for lbl, kib in s.rss_kib.items())
@@ -504,7 +506,7 @@ class Bench:
             (PostgresEngine, "ensure_roles", "roles (beside the fetch)"),
             (PostgresEngine, "create_side", "create the side database (beside the fetch)"),
             (StreamedRestore, "finish", LOAD_STAGE),
-            (PostgresEngine, "verify_side", "count every table"),
+            (PostgresEngine, "verify_side", COUNT_STAGE),
             (PostgresEngine, "switch", "switch (renames)"),
         ]
         saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
@@ -925,7 +927,9 @@ def report(b: Bench, command: str, started: datetime, elapsed: float) -> str:
         "The machine is shared and noisy (2 cores; other jobs such as test suites may run at the "
         "same time): compare rows of one run with each other, not with figures from another run. "
         "Data is in the page cache (warm runs); backups and restores go to/from a local directory "
-        'on the same disk as the cluster. Peak RSS is `/usr/bin/time -v` "Maximum resident set '
+        "on the same disk as the cluster, and every timed run starts after a `sync` (outside the "
+        "clock), so that none pays for the writeback of the run before it. Peak RSS is "
+        '`/usr/bin/time -v` "Maximum resident set '
         "size\" of each process; for `dr` the python process's own peak (VmHWM polled from /proc) "
         "is given first, then `time -v`'s figure, which Linux takes as the maximum over the "
         "process *and* its waited-for children (pg_dump, pg_restore). dr's own modules are "
@@ -1112,7 +1116,7 @@ def what_it_means(b: Bench) -> list[str]:
     z0r, piped = rs["z0"].median, rs["piped"].median
     st = b.stages
     fetch, after = st[FETCH_STAGE], st[LOAD_STAGE]
-    counts = st["count every table"]
+    counts = st[COUNT_STAGE]
     streamed = ", ".join(f"`{t}`" for t in b.loaded_during_fetch) or "no table"
     lv = {int(c["level"]): c for c in b.compression if "level" in c}  # type: ignore[call-overload]
     size = {k: int(c["size"]) for k, c in lv.items()}  # type: ignore[call-overload]
@@ -1142,11 +1146,13 @@ def what_it_means(b: Bench) -> list[str]:
         f"`pg_restore -j{JOBS}` from the zlib archive ({drr / raw_r:.2f}x). In the timed run: "
         "the fetch (read + sha256, zstd decompression and the write to a temp file, on three "
         f"threads) took {fetch:.1f} s, and while it ran the side database got its schema and "
-        f"{streamed} started loading, each through its own `pg_restore` reading the temp file "
-        "behind the writer (tasks/core/engines/pgstream.py); after the sha256 held, "
+        f"{streamed} started loading, each through its own `pg_restore | psql` reading the temp "
+        "file behind the writer (tasks/core/engines/pgstream.py); after the sha256 held, "
         f"{after:.1f} s more until the last table and index were in (the loads begun during "
         f"the fetch, the small tables and post-data in `-j{JOBS}` passes), then counts "
-        f"{counts:.1f} s; about {imports:.1f} s of interpreter start comes on top. "
+        f"{counts:.2f} s (a `count(*)` of each table but those loaded during the fetch, whose "
+        "count is the row count the server reported for their `COPY`); about "
+        f"{imports:.1f} s of interpreter start comes on top. "
         "The archive dr stores went through a pipe, so its table of contents has no data "
         "offsets; dr fills them in while it decompresses (tasks/core/engines/pgarchive.py), so "
         f"the passes after the fetch seek instead of reading forward. Same bytes, restored raw: "
@@ -1155,14 +1161,14 @@ def what_it_means(b: Bench) -> list[str]:
         + (", the cost the offsets save)." if piped > 1.05 * z0r else ", no measurable cost here).")
         + f" Doing it by hand (`zstd -d` to a file, then `pg_restore`) took {zr:.1f} s. "
         + (
-            "Loading the big tables while the archive is still arriving hides the fetch; the "
-            "exact counts of every table after it fit in what raw `pg_restore` spends inflating "
-            "zlib."
+            "Loading the big tables while the archive is still arriving hides the fetch, and "
+            "their counts come with their `COPY` instead of a second scan; what is left of dr's "
+            "own work fits in what raw `pg_restore` spends inflating zlib."
             if drr <= 1.15 * raw_r
             else "What remains against raw `pg_restore` of the zlib archive: the biggest "
             "table's load and its index build are the critical path for both, and dr adds the "
-            "exact counts of every table and the interpreter start after it; the loads that "
-            "run beside the fetch share the two cores with it."
+            "interpreter start, the side database and the counts of the small tables; the loads "
+            "that run beside the fetch share the two cores with it."
         ),
         "- **Compression level.** zstd level 1 / 3 / 6 / 9 give "
         + " / ".join(f"{_mib(size[k])}" for k in sorted(size))

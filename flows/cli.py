@@ -526,7 +526,12 @@ def restore_cmd(
                     "skipped_locations": result.skipped_locations,
                     "loaded_during_fetch": result.loaded_during_fetch,
                     "counts": [
-                        {"table": c.table, "expected": c.expected, "actual": c.actual}
+                        {
+                            "table": c.table,
+                            "expected": c.expected,
+                            "actual": c.actual,
+                            "counted_by": "copy" if c.by_copy else "count",
+                        }
                         for c in result.counts
                     ],
                 }
@@ -543,7 +548,10 @@ def restore_cmd(
             f"{sum(c.expected for c in result.counts)} rows match the manifest"
         )
         if result.loaded_during_fetch:
-            out.print(f"  loaded while the backup arrived: {', '.join(result.loaded_during_fetch)}")
+            out.print(
+                "  loaded while the backup arrived (counted by the server's COPY): "
+                + ", ".join(result.loaded_during_fetch)
+            )
         if result.roles_created:
             out.print(f"  roles created (no password set): {', '.join(result.roles_created)}")
         if result.kept_as:

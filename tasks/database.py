@@ -79,7 +79,7 @@ def verify_counts(
         actual = PostgresEngine(url).verify_side(url.dbname, entry.manifest)
         checks += [
             Check(t, str(e), "missing" if a is None else str(a), e == a)
-            for t, (e, a) in actual.items()
+            for t, (e, a, _) in actual.items()
         ]
     else:
         from pathlib import Path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.engines.pgarchive import DataOffsets, read_toc
+from tasks.core.engines.pgarchive import DataOffsets, copy_into, read_toc
 from tasks.core.pgcluster import PgCluster
 from tests.conftest import psql
 
@@ -134,3 +134,51 @@ def test_sections_and_names_are_read_as_pg_restore_reads_them(
     table = next(e for e in toc.entries if e.desc == "TABLE" and e.name == "public.users")
     assert table.dump_id in users.deps
     assert not toc.compressed
+
+
+def test_the_table_each_copy_loads_is_read_from_its_statement(
+    pg: PgCluster, dbname: str, tmp_path: Path
+) -> None:
+    """The streamed restore takes the row count the server reports for a COPY as the count
+    of the entry's own table: only when the COPY goes into that table, not, under
+    ``--load-via-partition-root``, into the root that routes the rows elsewhere."""
+    url = pg.url_for(dbname)
+    psql(
+        url,
+        '''
+        CREATE SCHEMA "Odd ""Schema""";
+        CREATE TABLE "Odd ""Schema""".parts (k int, v text) PARTITION BY RANGE (k);
+        CREATE TABLE "Odd ""Schema"""."Low.Part" PARTITION OF "Odd ""Schema""".parts
+            FOR VALUES FROM (0) TO (10);
+        CREATE TABLE "Odd ""Schema""".high PARTITION OF "Odd ""Schema""".parts
+            FOR VALUES FROM (10) TO (20);
+        INSERT INTO "Odd ""Schema""".parts SELECT g, 'v' FROM generate_series(0, 19) g;
+        CREATE TABLE "Ünï" ("Col" int);
+        CREATE TABLE nocols ();
+        CREATE TABLE "select" (a int);
+        ''',
+    )
+
+    def targets(*extra: str) -> dict[tuple[str, str], tuple[str, str] | None]:
+        dump = ["pg_dump", "-Fc", "-Z0", *extra, url]
+        toc = read_toc(subprocess.run(dump, check=True, capture_output=True).stdout)
+        return {(e.schema, e.tag): e.copy_into for e in toc.entries if e.desc == "TABLE DATA"}
+
+    own = targets()
+    assert set(own) == {
+        ('Odd "Schema"', "Low.Part"), ('Odd "Schema"', "high"), ("public", "Ünï"),
+        ("public", "nocols"), ("public", "select"),
+    }  # fmt: skip
+    assert all(into == table for table, into in own.items())
+    routed = targets("--load-via-partition-root")
+    assert routed[('Odd "Schema"', "high")] == ('Odd "Schema"', "parts")
+    assert routed[('Odd "Schema"', "Low.Part")] == ('Odd "Schema"', "parts")
+    assert routed[("public", "select")] == ("public", "select")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["COPY x FROM stdin;", 'COPY "a.b (x) FROM stdin;', "COPY a.b.c (x) FROM stdin;", "SELECT 1"],
+)
+def test_a_copy_statement_of_another_form_names_no_table(statement: str) -> None:
+    assert copy_into(statement) is None

@@ -371,6 +371,10 @@ def test_restore_reproduces_data_schema_owners_and_grants(
         assert result.loaded_during_fetch == []  # all of it under 32 MiB
     assert result.kept_as is None
     assert all(c.ok for c in result.counts)
+    # a table loaded during the fetch is verified by the server's row count of its COPY,
+    # the others by count(*): mixed-case, non-ASCII and partition names matched either way
+    by_copy = {c.table.replace('"', "") for c in result.counts if c.by_copy}
+    assert by_copy == set(result.loaded_during_fetch)
     _assert_same_database(source, target)
     # triggers must not fire again while the data is loaded
     assert (
@@ -637,9 +641,26 @@ def test_refused_restore_changes_nothing(pg: PgCluster, dbname: str, tmp_path: P
     assert _databases(pg, dbname) == [dbname]
 
 
+@pytest.mark.parametrize("while_fetched", [False, True], ids=["after-fetch", "while-fetched"])
 def test_failed_verification_stops_before_the_switch(
-    pg: PgCluster, dbname: str, tmp_path: Path
+    pg: PgCluster,
+    dbname: str,
+    tmp_path: Path,
+    while_fetched: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Also when the count compared is the one the server reported for the table's COPY
+    during the fetch."""
+    if while_fetched:
+        monkeypatch.setattr(pgstream, "STREAM_MIN", 0)
+    seen: list[dict[str, tuple[int, int | None, bool]]] = []
+    verify = PostgresEngine.verify_side
+
+    def spy(self: PostgresEngine, *args: Any) -> dict[str, tuple[int, int | None, bool]]:
+        seen.append(verify(self, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(PostgresEngine, "verify_side", spy)
     url = pg.url_for(dbname)
     _seed(url)
     catalog, m = _backup(url, tmp_path / "backups")
@@ -649,6 +670,8 @@ def test_failed_verification_stops_before_the_switch(
 
     with pytest.raises(VerificationFailed, match=r"public\.items: expected 101, got 100"):
         _restore(catalog, m.backup_id, url, drop_existing=True)
+
+    assert seen[-1]["public.items"] == (101, 100, while_fetched)  # (expected, actual, by COPY)
 
     assert _items(url) == "10:55"  # connectable, and still the current data
     assert _databases(pg, dbname) == [dbname]

@@ -158,6 +158,7 @@ def test_round_trip_env_vars_consent_and_json(tmp_path: Path, app_db: Path) -> N
         "bots": 100,
         "trades": 1000,
     }
+    assert {c["counted_by"] for c in result["counts"]} == {"count"}  # a count(*) each
     assert _sha(target) != before
     kept = Path(result["kept_as"])
     assert kept.exists()

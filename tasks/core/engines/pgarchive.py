@@ -22,10 +22,11 @@ was: offsets are an optimisation, never a condition of the restore.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DataOffsets", "Toc", "TocEntry", "read_toc"]
+__all__ = ["DataOffsets", "Toc", "TocEntry", "copy_into", "read_toc"]
 
 _MAGIC = b"PGDMP"
 _BLK_DATA, _BLK_BLOBS = 1, 3
@@ -34,6 +35,7 @@ _END = b"\x00" * 5  # WriteInt(0): sign byte 0, four zero bytes
 _FORMAT_CUSTOM = 1
 SECTION_NONE, SECTION_PRE_DATA, SECTION_DATA, SECTION_POST_DATA = 1, 2, 3, 4
 _SPLIT_SCAN = 4096  # chunks at least this long (longer than any pattern) are scanned in place
+_BARE_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")  # what pg_dump's fmtId leaves unquoted
 
 
 class _Short(Exception):
@@ -54,6 +56,41 @@ class TocEntry:
     section: int  # as pg_restore counts it: an entry without one takes its predecessor's
     deps: tuple[int, ...] = ()  # dump ids of the entries this one depends on
     name: str = ""  # schema.name as pg_restore --list shows it
+    schema: str = ""
+    tag: str = ""  # the object's own name (a table's name for its TABLE DATA)
+    copy_into: tuple[str, str] | None = None  # (schema, table) its COPY statement loads
+
+
+def copy_into(copy_stmt: str) -> tuple[str, str] | None:
+    """The (schema, table) of pg_dump's ``COPY schema.table (cols) FROM stdin;``, identifiers
+    unquoted (pg_dump quotes any name that is not lower-case ASCII); None if not of that form.
+    It differs from the entry's own table under ``--load-via-partition-root``."""
+    if not copy_stmt.startswith("COPY "):
+        return None
+    s, i, parts = copy_stmt, 5, []
+    while True:
+        if s.startswith('"', i):
+            name, i = [], i + 1
+            while (q := s.find('"', i)) >= 0 and s.startswith('""', q):
+                name.append(s[i : q + 1])
+                i = q + 2
+            if q < 0:
+                return None
+            name.append(s[i:q])
+            parts.append("".join(name))
+            i = q + 1
+        else:
+            m = _BARE_IDENT.match(s, i)
+            if m is None:
+                return None
+            parts.append(m.group())
+            i = m.end()
+        if not s.startswith(".", i):
+            break
+        i += 1
+    if len(parts) != 2 or not s.startswith(" ", i):
+        return None
+    return parts[0], parts[1]
 
 
 @dataclass(frozen=True)
@@ -140,7 +177,20 @@ def read_toc(buf: bytes) -> Toc:
         has_data = state in (_POS_NOT_SET, _POS_SET)
         name = f"{namespace}.{tag}" if namespace else tag
         copy = bool(copy_stmt)
-        e = TocEntry(dump_id, desc, copy, field_at, has_data, section, tuple(deps), name)
+        into = copy_into(copy_stmt) if copy_stmt else None
+        e = TocEntry(
+            dump_id,
+            desc,
+            copy,
+            field_at,
+            has_data,
+            section,
+            tuple(deps),
+            name,
+            namespace or "",
+            tag,
+            into,
+        )
         entries.append(e)
     return Toc(r.int_size, off_size, tuple(entries), r.pos, compressed)
 

@@ -8,10 +8,14 @@ second dr is slower than the raw tool. Here the loading starts during the fetch:
 1. **pre-data** (tables, types, functions...) as soon as the archive's table of contents has
    gone by: ``pg_restore --section=pre-data`` reads just the header and TOC, through a pipe;
 2. **big tables**: once a table's data block has grown past ``stream_min`` bytes in the temp
-   file, a ``pg_restore -L <that entry>`` gets header + TOC + the block through a pipe, read
-   from the temp file behind the writer (tailing it), at most ``jobs - 1`` at a time (the
-   fetch keeps a core busy), at least one. With ``-Z0`` the blocks are COPY text, so the
-   fetch finds where each starts and ends (pgarchive.DataOffsets) without parsing rows;
+   file, a ``pg_restore -L <that entry> -f - | psql`` gets header + TOC + the block through a
+   pipe, read from the temp file behind the writer (tailing it), at most ``jobs - 1`` at a
+   time (the fetch keeps a core busy), at least one. With ``-Z0`` the blocks are COPY text, so
+   the fetch finds where each starts and ends (pgarchive.DataOffsets) without parsing rows.
+   psql prints the row count the server reports for the COPY (``copied``): the restore takes
+   it as the table's verified count instead of scanning the biggest tables again with
+   ``count(*)`` (the table was created empty by this restore and is loaded by that COPY
+   alone: it is left out of every later pass);
 3. when the fetch has finished *and its sha256 held*: the rest of the data section (small
    tables, sequences, large objects) and the post-data section (indexes, constraints,
    triggers, ACLs) from the finished file, in waves of ``pg_restore -j --use-list``: an entry
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -42,8 +47,9 @@ from tasks.core.engines.pgarchive import (
 )
 from tasks.core.engines.postgres import (
     PostgresEngine,
-    pg_restore_command,
     pg_restore_failed,
+    psql_command,
+    psql_failed,
     widen_pipe,
 )
 from tasks.core.errors import CommandFailed
@@ -52,6 +58,7 @@ from tasks.core.storage import CHUNK
 __all__ = ["STREAM_MIN", "StreamedRestore"]
 
 STREAM_MIN = 32 * 2**20  # a smaller table waits for the final -j pass: no process per table
+_COPY_TAG = re.compile(rb"^COPY (\d+)$", re.MULTILINE)  # psql's line for a finished COPY
 
 
 class StreamedRestore:
@@ -87,6 +94,8 @@ class StreamedRestore:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._running = 0
         self._streamed: list[int] = []
+        # (schema, table) -> rows the server reported for the COPY that loaded it
+        self.copied: dict[tuple[str, str], int] = {}
         self._done_loads: list[int] = []
         self._errors: list[BaseException] = []
         self._pre_done = threading.Event()
@@ -192,22 +201,46 @@ class StreamedRestore:
             self._schedule()  # a slot is free
 
     def _pipe(self, e: TocEntry, start: int) -> None:
+        """``pg_restore -L <e> -f -`` turns header + TOC + e's block, read behind the writer,
+        into its script (``COPY ... FROM stdin`` and the rows); ``psql`` runs it. pg_restore
+        connected itself would send the same statements, but psql also prints the row count
+        the server reports for the ``COPY`` (its command tag): that count, of a table this
+        restore created empty, is the table's verified count (``copied``), so the biggest
+        tables need no ``count(*)`` scan after the restore."""
         assert self._toc is not None
         assert self._fd is not None
         listed = self._lists / f"{e.dump_id}.list"
         listed.write_text(f"{e.dump_id}\n", encoding="ascii")
-        cmd = pg_restore_command(self._db)
         left_early, pos = False, start
-        with tempfile.TemporaryFile(dir=self._lists) as err:
-            proc = subprocess.Popen(
-                [*cmd, f"--use-list={listed}"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env=self._env,
-            )
-            with self._cond:
-                self._procs.append(proc)
+        with (
+            tempfile.TemporaryFile(dir=self._lists) as err,
+            tempfile.TemporaryFile(dir=self._lists) as sql_err,
+            tempfile.TemporaryFile(dir=self._lists) as out,
+        ):
+            script_r, script_w = os.pipe()
+            try:
+                widen_pipe(script_w)
+                proc = subprocess.Popen(
+                    ["pg_restore", "--exit-on-error", "--file=-", f"--use-list={listed}"],
+                    stdin=subprocess.PIPE,
+                    stdout=script_w,
+                    stderr=err,
+                    env=self._env,
+                )
+                with self._cond:
+                    self._procs.append(proc)
+                runner = subprocess.Popen(
+                    psql_command(self._db),
+                    stdin=script_r,
+                    stdout=out,
+                    stderr=sql_err,
+                    env=self._env,
+                )
+                with self._cond:
+                    self._procs.append(runner)
+            finally:
+                os.close(script_r)
+                os.close(script_w)
             assert proc.stdin is not None
             try:
                 proc.stdin.write(os.pread(self._fd, self._toc.end, 0))
@@ -226,17 +259,30 @@ class StreamedRestore:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     proc.stdin.close()
                 proc.wait()
+                runner.wait()
             if self._stopping:
                 return
+            what = f"data of {e.name}"
+            if runner.returncode != 0:  # the server's reason; pg_restore then lost its reader
+                sql_err.seek(0)
+                raise psql_failed(self._db, what, runner.returncode, sql_err.read())
             if proc.returncode != 0:
                 err.seek(0)
-                what = f"data of {e.name}"
                 raise pg_restore_failed(self._db, what, proc.returncode, err.read())
             if left_early:  # it read less than its block, and said nothing: never a success
                 raise CommandFailed(
-                    f"pg_restore (data of {e.name}) into {self._db} stopped reading before the "
+                    f"pg_restore ({what}) into {self._db} stopped reading before the "
                     f"end of its data, at byte {pos:,} of the archive"
                 )
+            out.seek(0)
+            tags = _COPY_TAG.findall(out.read())
+            if len(tags) != 1:
+                raise CommandFailed(
+                    f"psql ({what}) into {self._db} reported {len(tags)} COPY commands, not 1"
+                )
+            if e.copy_into == (e.schema, e.tag):  # not a load through a partition root
+                with self._cond:
+                    self.copied[e.copy_into] = int(tags[0])
 
     def _readable(self, e: TocEntry, pos: int) -> int | None:
         """How far the block can be read from ``pos`` now (waits for the writer); None at its

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,7 +154,7 @@ ORDER BY r.rolname
 """
 
 _TABLES_SQL = """
-SELECT format('%I.%I', n.nspname, c.relname)
+SELECT format('%I.%I', n.nspname, c.relname), n.nspname, c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'm')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
@@ -594,19 +594,28 @@ class PostgresEngine:
             out.seek(0)
             return sum(1 for line in out if line and not line.startswith(b";"))
 
-    def verify_side(self, name: str, manifest: Manifest) -> dict[str, tuple[int, int | None]]:
-        """Count every table of the manifest in ``name``: table -> (expected, actual or None)."""
+    def verify_side(
+        self, name: str, manifest: Manifest, copied: Mapping[tuple[str, str], int] | None = None
+    ) -> dict[str, tuple[int, int | None, bool]]:
+        """Count every table of the manifest in ``name``: table -> (expected, actual or None,
+        whether ``actual`` is the row count the server reported for the ``COPY`` that loaded
+        the table, given by (schema, name) in ``copied``, instead of a ``count(*)``)."""
+        copied = copied or {}
         with self.connect(name, what="verify it") as conn, pg_errors(f"verify {name}"):
             conn.execute("SET row_security = off")
-            actual = count_rows(conn)
+            cur = conn.cursor(row_factory=tuple_row)
+            tables = cur.execute(_TABLES_SQL).fetchall()
+            by_copy = {t: copied[(ns, rel)] for t, ns, rel in tables if (ns, rel) in copied}
+            actual = count_rows(conn, [t for t, _, _ in tables if t not in by_copy])
+            actual.update(by_copy)
             row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
             lobs = int(row[0]) if row else 0
-        result: dict[str, tuple[int, int | None]] = {
-            t: (n, actual.get(t)) for t, n in manifest.counts.items()
+        result: dict[str, tuple[int, int | None, bool]] = {
+            t: (n, actual.get(t), t in by_copy) for t, n in manifest.counts.items()
         }
         for extra in sorted(set(actual) - set(manifest.counts)):
-            result[extra] = (0, actual[extra]) if actual[extra] else (0, 0)
-        result["(large objects)"] = (manifest.large_objects, lobs)
+            result[extra] = (0, actual[extra], extra in by_copy)
+        result["(large objects)"] = (manifest.large_objects, lobs, False)
         return result
 
     def drop_database(self, name: str) -> None:
@@ -784,6 +793,17 @@ def _properties(r: tuple[Any, ...] | None) -> DatabaseProperties:
 def pg_restore_command(dbname: str) -> list[str]:
     """``pg_restore`` into ``dbname``, stopping at the first error, never asking for a password."""
     return ["pg_restore", "--exit-on-error", "--no-password", f"--dbname={dbname}"]
+
+
+def psql_command(dbname: str) -> list[str]:
+    """``psql`` running a script into ``dbname``: no ~/.psqlrc, stop at the first error, never
+    ask for a password; it prints each command's tag (``COPY 5000000``) on stdout."""
+    return ["psql", "--no-psqlrc", "--no-password", "--set=ON_ERROR_STOP=1", f"--dbname={dbname}"]
+
+
+def psql_failed(dbname: str, what: str | None, code: int, stderr: bytes) -> CommandFailed:
+    where = f" ({what})" if what else ""
+    return CommandFailed(f"psql{where} into {dbname} failed (exit {code}): {_last_line(stderr)}")
 
 
 def pg_restore_failed(dbname: str, what: str | None, code: int, stderr: bytes) -> CommandFailed:
