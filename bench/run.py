@@ -877,6 +877,11 @@ def _rss(series: Series) -> str:
     return "; ".join(f"{k} {v / 1024:.0f} MiB" for k, v in series.peak_rss().items())
 
 
+def _per_round(a: Series, b: Series) -> str:
+    """``a``'s time over ``b``'s in each round (the noise the medians smooth over)."""
+    return ", ".join(f"{x.wall / y.wall:.2f}" for x, y in zip(a.samples, b.samples, strict=True))
+
+
 def _times(s: Series) -> str:
     return f"{s.median:.2f} | {min(s.walls):.2f} | {max(s.walls):.2f}"
 
@@ -954,6 +959,8 @@ def report(b: Bench, command: str, started: datetime, elapsed: float) -> str:
         "artefact and manifest, takes the snapshot, counts every table in the same snapshot "
         "(in parallel with the dump), hashes the compressed stream and writes the manifest.",
         "",
+        f"Round by round, `dr backup` / the `zstd` pipeline: {_per_round(bk['dr'], bk['zstd'])}.",
+        "",
         f"## Restore (from a local file, `-j{JOBS}`, into a new database)",
         "",
         "| operation | median s | min s | max s | x raw `pg_restore` | peak RSS |",
@@ -963,10 +970,14 @@ def report(b: Bench, command: str, started: datetime, elapsed: float) -> str:
         lines.append(f"| {_cell(s.name)} | {_times(s)} | {s.median / raw_r:.2f} | {_rss(s)} |")
     lines += [
         "",
+        f"Round by round, `dr restore` / raw `pg_restore -j{JOBS}` (zlib): "
+        f"{_per_round(rs['dr'], rs['raw'])}.",
+        "",
         "Raw rows time `pg_restore` only (the empty database is created before the clock starts "
         "and dropped after); `dr restore` is the whole command: interpreter start, catalog read, "
         "fetch with sha256 and decompression to a temp file, role check, side database "
-        "creation, `pg_restore`, exact counts of every table, switch.",
+        "creation, `pg_restore`, exact counts of every table (the server's `COPY` count for "
+        "those loaded during the fetch), switch.",
         "",
         "Where one `dr restore` spends its time (one more run, in process, stages timed; "
         "the interpreter start and imports of the CLI come on top, see the `--list` section):",
@@ -1145,9 +1156,10 @@ def what_it_means(b: Bench) -> list[str]:
         f"- **Restore.** `dr restore` took {drr:.1f} s against {raw_r:.1f} s for raw "
         f"`pg_restore -j{JOBS}` from the zlib archive ({drr / raw_r:.2f}x). In the timed run: "
         "the fetch (read + sha256, zstd decompression and the write to a temp file, on three "
-        f"threads) took {fetch:.1f} s, and while it ran the side database got its schema and "
-        f"{streamed} started loading, each through its own `pg_restore | psql` reading the temp "
-        "file behind the writer (tasks/core/engines/pgstream.py); after the sha256 held, "
+        f"threads) took {fetch:.1f} s, and while it ran the side database got its schema "
+        f"(`pg_restore --section=pre-data`) and {streamed} started loading, each table through "
+        "its own `pg_restore | psql` reading the temp file behind the writer "
+        "(tasks/core/engines/pgstream.py); after the sha256 held, "
         f"{after:.1f} s more until the last table and index were in (the loads begun during "
         f"the fetch, the small tables and post-data in `-j{JOBS}` passes), then counts "
         f"{counts:.2f} s (a `count(*)` of each table but those loaded during the fetch, whose "
