@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +22,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
@@ -140,8 +141,21 @@ def _catalog(locations: list[Storage]) -> Catalog:
     return Catalog(locations, EncryptionKey.from_env(ENCRYPTION_KEY_ENV))
 
 
+class _Bar:
+    """Advanced with byte counts (``bar(n)``); ``stage(text)`` replaces its label."""
+
+    def __init__(self, bar: Progress, task: TaskID) -> None:
+        self._bar, self._task = bar, task
+
+    def __call__(self, n: int) -> None:
+        self._bar.advance(self._task, n)
+
+    def stage(self, text: str) -> None:
+        self._bar.update(self._task, description=text)
+
+
 @contextlib.contextmanager
-def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None] | None]:
+def _progress(label: str, total: int | None = None) -> Iterator[_Bar | None]:
     """A rich progress bar on a terminal; nothing at all when stderr is not one."""
     if not err.is_terminal:
         yield None
@@ -154,8 +168,7 @@ def _progress(label: str, total: int | None = None) -> Iterator[Callable[[int], 
         TimeElapsedColumn(),
     ]
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield _Bar(bar, bar.add_task(label, total=total))
 
 
 def _emit_json(data: Any) -> None:
@@ -513,6 +526,7 @@ def restore_cmd(
                 progress=progress,
                 encryption=catalog.encryption,
                 approved_by=f"--confirm ({actor()})",
+                stage=progress.stage if progress else None,
             )
         if as_json:
             _emit_json(

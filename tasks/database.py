@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from tasks._base import dr_task, progress_artifact
@@ -64,6 +65,7 @@ def restore_database(
             encryption=encryption_key(cfg),
             approved_by=approved_by,
             audit_context={"environment": cfg.environment, "flow_run": str(flow_run.id)},
+            stage=get_run_logger().info,  # each pg_restore pass, the counts, the switch
         )
 
 

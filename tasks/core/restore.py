@@ -206,12 +206,15 @@ def restore(
     encryption: EncryptionKey | None = None,
     approved_by: str = "confirm=True",
     audit_context: Mapping[str, str] | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> RestoreResult:
     """Carry out ``plan``; without ``confirm`` raise ConsentRequired and change nothing. While
     it runs, a lease in the backup's locations keeps retention away from the backup.
     ``encryption``: the key of an encrypted backup (a wrong or missing key fails before
     anything changes). The outcome, and who approved it, goes to the audit trail
-    (``audit_context``: its ``environment`` and ``flow_run`` fields)."""
+    (``audit_context``: its ``environment`` and ``flow_run`` fields). ``progress`` gets the
+    bytes fetched; ``stage`` a line for each step after the fetch (PostgreSQL: each
+    ``pg_restore`` pass, the count, the switch), which can take longer than the fetch."""
     if not confirm:
         raise ConsentRequired("restore not confirmed: add --confirm to do it (nothing changed)")
     target = str(plan.target)
@@ -229,7 +232,7 @@ def restore(
             _restore_lock(plan.target),  # one restore per target: never two switch-overs
             lease(plan.entry.locations, plan.entry.backup_id, now(), f"restore into {plan.side}"),
         ):
-            result = _restore(plan, jobs, work_dir, progress, encryption)
+            result = _restore(plan, jobs, work_dir, progress, encryption, stage or _quiet)
     except BaseException as exc:
         why = redact(str(exc)) or type(exc).__name__
         audit("restore", f"failed: {why}", f"{target} is unchanged unless the error says so")
@@ -241,12 +244,17 @@ def restore(
     return result
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 def _restore(
     plan: RestorePlan,
     jobs: int | None,
     work_dir: Path | None,
     progress: Callable[[int], None] | None,
     key: EncryptionKey | None,
+    stage: Callable[[str], None],
 ) -> RestoreResult:
     t0 = time.monotonic()
     m = plan.entry.manifest
@@ -266,7 +274,9 @@ def _restore(
 
             def loader() -> StreamedRestore:
                 partial = partial_path(archive)
-                loads.append(StreamedRestore(eng, plan.side, partial, n, prepared.result))
+                loads.append(
+                    StreamedRestore(eng, plan.side, partial, n, prepared.result, stage=stage)
+                )
                 return loads[-1]
 
             def reset() -> None:  # a copy that failed its checksum was partly loaded
@@ -285,10 +295,12 @@ def _restore(
             roles = prepared.result()
         try:
             # the tables loaded during the fetch come with the server's count of their COPY
+            stage(f"verifying the row counts of {plan.side} against the manifest")
             counted = eng.verify_side(plan.side, m, loads[-1].copied)
             checks = [CountCheck(t, e, a, c) for t, (e, a, c) in counted.items()]
             _require_counts(checks, plan.side)
             eng.apply_settings(plan.side, m.database_properties)
+            stage(f"switching {plan.side} into place as {plan.target.dbname}")
             eng.switch(plan.side, plan.keep_as if plan.target_exists else None)
         except BaseException as exc:
             _discard_side(eng, plan.side, roles, exc)

@@ -641,6 +641,32 @@ def test_refused_restore_changes_nothing(pg: PgCluster, dbname: str, tmp_path: P
     assert _databases(pg, dbname) == [dbname]
 
 
+def test_every_step_after_the_fetch_says_what_it_does(
+    pg: PgCluster, dbname: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the fetch the progress bar has nothing left to count: the pg_restore passes, the
+    count and the switch are told as they begin (the CLI shows them on the bar, a flow logs
+    them)."""
+    monkeypatch.setattr(pgstream, "STREAM_MIN", 0)
+    url = pg.url_for(dbname)
+    _seed(url)
+    psql(url, "CREATE INDEX items_label ON items (label)")
+    catalog, m = _backup(url, tmp_path / "backups")
+    stages: list[str] = []
+    plan = plan_restore(parse_database_url(url), catalog.get(m.backup_id), drop_existing=True)
+
+    restore(plan, confirm=True, stage=stages.append)
+
+    passes = [s for s in stages if s.startswith("pass ")]
+    assert passes, stages
+    assert any("INDEX" in s for s in passes)  # what a pass restores, by kind
+    assert stages[-2:] == [
+        f"verifying the row counts of {plan.side} against the manifest",
+        f"switching {plan.side} into place as {dbname}",
+    ]
+    assert stages.index(passes[-1]) < len(stages) - 2
+
+
 @pytest.mark.parametrize("while_fetched", [False, True], ids=["after-fetch", "while-fetched"])
 def test_failed_verification_stops_before_the_switch(
     pg: PgCluster,

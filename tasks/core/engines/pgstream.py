@@ -35,6 +35,7 @@ import re
 import subprocess
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,7 +67,8 @@ class StreamedRestore:
     (the fetch checked out) or ``abort`` (it did not).
 
     ``partial``: the file the fetch writes (read behind the writer); ``ready``: blocks until
-    the empty side database exists (raises if it could not be made)."""
+    the empty side database exists (raises if it could not be made); ``stage``: told what each
+    step after the fetch does."""
 
     def __init__(
         self,
@@ -76,10 +78,12 @@ class StreamedRestore:
         jobs: int,
         ready: Callable[[], object],
         stream_min: int | None = None,
+        stage: Callable[[str], None] | None = None,
     ) -> None:
         self._eng, self._db, self._partial = eng, dbname, partial
         self._jobs, self._ready = max(jobs, 1), ready
         self._min = STREAM_MIN if stream_min is None else stream_min
+        self._stage = stage or (lambda _: None)
         self.offsets = DataOffsets()
         self._cond = threading.Condition()
         self._written = 0  # bytes of the archive in the file so far
@@ -311,6 +315,7 @@ class StreamedRestore:
         try:
             if self._toc is None:  # an archive we cannot read ahead: the classic way
                 self._ready()
+                self._stage(f"restoring the whole archive (pg_restore -j{self._jobs})")
                 self._eng.pg_restore(archive, self._db, self._jobs)
                 return
             self.offsets.patch(archive)  # the -j runs below seek to each block, not scan
@@ -353,7 +358,7 @@ class StreamedRestore:
             if (e.section == SECTION_DATA and e.dump_id not in streamed)
             or e.section == SECTION_POST_DATA
         ]
-        wave = 0
+        wave, waiting_for = 0, frozenset[int]()
         while pending:
             with self._cond:
                 while True:
@@ -369,9 +374,14 @@ class StreamedRestore:
                     ]
                     if ready:
                         break
+                    if loading != waiting_for:
+                        waiting_for = frozenset(loading)
+                        self._stage(f"waiting for {_names(by_id, loading)} to finish loading")
                     self._cond.wait()  # until a load is done
                 jobs = max(self._jobs - len(loading), 1)
             wave += 1
+            also = f", while {_names(by_id, loading)} loads" if loading else ""
+            self._stage(f"pass {wave}: {_summary(ready)} (pg_restore -j{jobs}{also})")
             listed = self._lists / f"wave{wave}.list"
             listed.write_text("".join(f"{e.dump_id}\n" for e in ready), encoding="ascii")
             args = [f"--jobs={jobs}", f"--use-list={listed}", str(archive)]
@@ -418,3 +428,13 @@ class StreamedRestore:
             f.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self._lists.rmdir()
+
+
+def _names(by_id: dict[int, TocEntry], ids: set[int] | frozenset[int]) -> str:
+    return ", ".join(sorted(by_id[i].name for i in ids))
+
+
+def _summary(entries: list[TocEntry]) -> str:
+    """``3 TABLE DATA, 2 INDEX, 1 CONSTRAINT``: what a pass restores, most frequent first."""
+    kinds = Counter(e.desc for e in entries)
+    return ", ".join(f"{n} {desc}" for desc, n in kinds.most_common())
