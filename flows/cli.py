@@ -118,11 +118,32 @@ def _errors(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if debug:
             traceback.print_exc()
+        tool = _missing_tool(exc)
+        if tool:  # this machine lacks a program dr runs: a setup matter, like a bad config
+            err.print(f"dr: error: {tool} not found on PATH: {_TOOL_HINTS.get(tool, _NO_HINT)}")
+            raise typer.Exit(EXIT_USAGE) from None
         err.print(
             f"dr: unexpected error: {redact(f'{type(exc).__name__}: {exc}')} (rerun with "
             "--debug for the traceback)"
         )
         raise typer.Exit(EXIT_FAILED) from None
+
+
+_PG_TOOLS = "install the PostgreSQL client tools of the server's major version or newer "
+_PG_TOOLS += "(Debian: postgresql-client-NN), or put their bin directory on PATH"
+_TOOL_HINTS = {
+    **dict.fromkeys(["pg_dump", "pg_restore", "psql", "pg_amcheck", "pg_dumpall"], _PG_TOOLS),
+    "pgbackrest": "install pgBackRest (Debian: pgbackrest) on this machine",
+    "terraform": "install terraform, or leave platform.terraform_dir unset",
+}
+_NO_HINT = "install it, or put its directory on PATH"
+
+
+def _missing_tool(exc: BaseException) -> str | None:
+    """The program a subprocess could not start because it is not installed, if that is
+    what ``exc`` says (a bare name, looked up on PATH)."""
+    name = exc.filename if isinstance(exc, FileNotFoundError) else None
+    return name if isinstance(name, str) and name and os.sep not in name else None
 
 
 def _locations(backup_dir: Path, s3_bucket: str | None, s3_prefix: str) -> list[Storage]:

@@ -322,3 +322,34 @@ def test_target_names_that_are_keywords_or_have_quotes_restore_exactly(
     kept = psql(pg.url, f"SELECT count(*) FROM pg_database WHERE datname LIKE '{dbname}%pre%'")
     assert int(kept) >= 1
     assert os.path.exists(backups)
+
+
+@pytest.mark.parametrize("command", ["backup", "restore"])
+def test_a_missing_postgresql_client_tool_says_what_to_install(
+    pg: PgCluster, dbname: str, tmp_path: Path, command: str
+) -> None:
+    """dr runs pg_dump, pg_restore and psql: on a machine without them, one line says which
+    program is missing and what to install (exit 2, a setup matter), and nothing changes."""
+    url = pg.url_for(dbname)
+    psql(url, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+    backups = tmp_path / "backups"
+    r = run_dr("backup", "--database-url", url, "--backup-dir", str(backups))
+    assert r.returncode == 0, r.stderr
+    before = _tree(backups)
+    args = ["--database-url", url, "--backup-dir", str(backups)]
+    if command == "restore":
+        args += ["--latest", "--confirm"]
+
+    r = run_dr(command, *args, env={"PATH": str(tmp_path / "empty")})  # no tools at all
+
+    tool = "pg_dump" if command == "backup" else "pg_restore"
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith(f"dr: error: {tool} not found on PATH: install the ")
+    assert "postgresql-client" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    # the backups as they were; a failed restore is on the audit trail, as every attempt is
+    assert {k: v for k, v in _tree(backups).items() if not k.startswith("_audit/")} == before
+    assert psql(url, "SELECT count(*) FROM t") == "2"
+    leftover = psql(pg.url, f"SELECT count(*) FROM pg_database WHERE datname <> '{dbname}' "
+                    f"AND datname LIKE '{dbname}%'")  # fmt: skip
+    assert leftover == "0"  # no side database left behind
