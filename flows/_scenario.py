@@ -35,7 +35,7 @@ from tasks.core.errors import ConfigError, DRError
 from tasks.core.objectives import Measurement
 from tasks.core.platform import ScaleState
 from tasks.core.report import ScenarioReport, Step, StepStatus
-from tasks.core.units import age, utc
+from tasks.core.units import old, utc
 
 __all__ = ["Approval", "BackupChoice", "BackupStrategy", "Rejected", "ScenarioRun"]
 
@@ -301,7 +301,7 @@ class ScenarioRun:
         self.recovery_point = m.consistent_at
         return (
             f"{m.backup_id} (taken {utc(m.consistent_at)}, "
-            f"{age((datetime.now(UTC) - m.consistent_at).total_seconds())} old, "
+            f"{old((datetime.now(UTC) - m.consistent_at).total_seconds())}, "
             f"in {', '.join(entry.location_names())})"
         )
 

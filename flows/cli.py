@@ -532,6 +532,13 @@ def restore_cmd(
         entry = _select(
             catalog, target.dbname, target.engine, source_database, backup_id, before, now
         )
+        ahead = (entry.manifest.consistent_at - now).total_seconds()
+        if ahead > 0 and not backup_id:  # chosen by time, on a clock that disagrees with ours
+            err.print(
+                f"dr: warning: {entry.backup_id} is dated {units.utc(entry.manifest.consistent_at)}"
+                f", {units.age(ahead)} ahead of this machine's clock (clock "
+                "skew?): backups are chosen by time; name one with --backup-id if not this"
+            )
         from tasks.core.restore import plan_restore, restore
 
         plan = plan_restore(target, entry, drop_existing=drop_existing, now=now)

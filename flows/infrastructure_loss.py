@@ -19,7 +19,7 @@ from tasks import database as db_tasks
 from tasks import infra
 from tasks import redis as redis_tasks
 from tasks.core.errors import BackupNotFound
-from tasks.core.units import age
+from tasks.core.units import old
 
 
 @flow(name="infrastructure-loss", log_prints=True)
@@ -70,7 +70,7 @@ def infrastructure_loss(
         where = sorted({n for b in backups for n in b.location_names()})
         return (
             f"{len(backups)} backups reachable in {', '.join(where)}; newest "
-            f"{newest.backup_id}, {age(_seconds_since(newest.manifest.consistent_at))} old"
+            f"{newest.backup_id}, {old(_seconds_since(newest.manifest.consistent_at))}"
         )
 
     def apply_manifests() -> str:

@@ -44,7 +44,7 @@ from tasks.core.errors import (
     VerificationFailed,
 )
 from tasks.core.retention import lease
-from tasks.core.units import age, size, utc
+from tasks.core.units import old, size, utc
 
 __all__ = ["CountCheck", "RestorePlan", "RestoreResult", "plan_restore", "restore"]
 
@@ -75,7 +75,7 @@ class RestorePlan:
         m = self.entry.manifest
         lines = [
             f"backup:   {m.backup_id} ({m.engine}, database {m.database!r}, taken "
-            f"{utc(m.consistent_at)}, {age(self.age_s)} old, "
+            f"{utc(m.consistent_at)}, {old(self.age_s)}, "
             f"{size(m.size)}, in {', '.join(self.entry.location_names())})",
             f"target:   {self.target}",
             f"restore:  into side copy {self.side}, verify {len(m.counts)} table counts, "

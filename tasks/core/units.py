@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-__all__ = ["age", "size", "utc"]
+__all__ = ["age", "old", "size", "utc"]
 
 
 def age(seconds: float) -> str:
@@ -14,6 +14,11 @@ def age(seconds: float) -> str:
         if seconds >= span:
             return f"{seconds / span:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def old(seconds: float) -> str:
+    """``2.0h old``, or ``dated in the future`` (a clock that ran ahead)."""
+    return "dated in the future" if seconds < 0 else f"{age(seconds)} old"
 
 
 def size(n: int) -> str:

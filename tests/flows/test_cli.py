@@ -377,3 +377,35 @@ def test_scenario_dry_run_prints_the_plan(tmp_path: Path, app_db: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     assert "# data-loss: dry run (nothing changed)" in r.stdout
     assert str(summary["backup_id"]) in r.stdout
+
+
+def test_a_backup_dated_ahead_of_the_clock_is_pointed_out_when_chosen_by_time(
+    tmp_path: Path,
+) -> None:
+    """A backup host whose clock ran ahead makes its backup the "latest" until the clocks
+    meet: the restore says so before anything happens, and names the way out."""
+    from datetime import timedelta
+
+    from tasks.core.storage.local import LocalStorage
+    from tests.core.fake_backups import put_backup
+
+    backups = LocalStorage(tmp_path / "backups")
+    now = datetime.now(UTC)
+    put_backup([backups], "app.db", now - timedelta(hours=5), engine="sqlite")
+    ahead = put_backup([backups], "app.db", now + timedelta(hours=2), engine="sqlite")
+    target = f"sqlite:///{tmp_path / 'app.db'}"
+    common = ["--database-url", target, "--backup-dir", str(tmp_path / "backups")]
+
+    r = run_dr("restore", *common, "--latest")  # the plan only: nothing changes
+
+    assert r.returncode == 2
+    warning = [ln for ln in r.stderr.splitlines() if ln.startswith("dr: warning:")]
+    assert len(warning) == 1, r.stderr
+    assert ahead in warning[0]
+    assert "h ahead of this machine's clock (clock skew?)" in warning[0]
+    assert "--backup-id" in warning[0]
+    assert ahead in r.stdout  # still the one --latest picks: by time, as documented
+
+    r = run_dr("restore", *common, "--backup-id", ahead)
+    assert r.returncode == 2
+    assert "dr: warning:" not in r.stderr  # named on purpose
