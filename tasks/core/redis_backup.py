@@ -242,11 +242,11 @@ def server_control(cfg: Config, url: RedisURL) -> Iterator[RedisServer | RedisPo
         yield RedisServer(url, rc.command, rc.ready_timeout_s)
     else:
         from tasks.core.engines.redis_pod import RedisPod  # the kubernetes client only if used
-        from tasks.core.platform.kubernetes import _new_client  # the platform's client factory
+        from tasks.core.platform.kubernetes import new_client
 
         assert rc.workload is not None
         p = cfg.platform
-        client = _new_client(p.kubeconfig, p.context)
+        client = new_client(p.kubeconfig, p.context)
         try:
             yield RedisPod(
                 url,

@@ -15,7 +15,7 @@ from kubernetes.client import AppsV1Api
 from tasks.core.catalog import Catalog
 from tasks.core.engines.redis import parse_redis_url
 from tasks.core.engines.redis_pod import RedisPod
-from tasks.core.platform.kubernetes import KubernetesPlatform, _new_client
+from tasks.core.platform.kubernetes import KubernetesPlatform, new_client
 from tasks.core.redis_backup import backup_redis, plan_redis_restore, restore_redis
 from tasks.core.storage.local import LocalStorage
 from tests.k8s_emulator import Emulator
@@ -74,7 +74,7 @@ def pod_redis(k8s_emulator: Emulator, tmp_path: Path) -> Iterator[tuple[RedisPro
     k8s_emulator.seed_deployment("backend", replicas=2)
     server = RedisProcess(tmp_path / "pod-data")
     production = [*server.command[1:], "--appendonly", "yes"]  # as the manifest runs it
-    client = _new_client(k8s_emulator.kubeconfig, None)
+    client = new_client(k8s_emulator.kubeconfig, None)
     try:
         sts = AppsV1Api(client).read_namespaced_stateful_set("redis", NS)
         containers = client.sanitize_for_serialization(sts)["spec"]["template"]["spec"][
@@ -110,7 +110,7 @@ def test_restore_into_the_pod_of_a_statefulset(
     c.flushall()
     c.set("written-after-the-backup", "x")
 
-    client = _new_client(k8s_emulator.kubeconfig, None)
+    client = new_client(k8s_emulator.kubeconfig, None)
     platform = KubernetesPlatform(NS, {"backend": "Deployment"}, api_client=client)
     try:
         pod = RedisPod(url, client, NS, "redis", timeout_s=30)

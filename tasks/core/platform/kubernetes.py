@@ -44,7 +44,14 @@ from kubernetes.client.exceptions import ApiException
 from tasks.core.errors import ConfigError, PermanentError, TransientError
 from tasks.core.platform import ScaleState, poll_until_ready, scale_all
 
-__all__ = ["RESTARTED_AT", "SCALED_DOWN_FROM", "KubernetesPlatform", "WorkloadKind", "k8s_errors"]
+__all__ = [
+    "RESTARTED_AT",
+    "SCALED_DOWN_FROM",
+    "KubernetesPlatform",
+    "WorkloadKind",
+    "k8s_errors",
+    "new_client",
+]
 
 WorkloadKind = Literal["Deployment", "StatefulSet"]
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -123,7 +130,7 @@ def k8s_errors(what: str) -> Iterator[None]:
         ) from None
 
 
-def _new_client(kubeconfig: Path | None, context: str | None) -> ApiClient:
+def new_client(kubeconfig: Path | None, context: str | None) -> ApiClient:
     """A client from ``kubeconfig``; in a pod with no kubeconfig given, the service account."""
     configuration = Configuration()
     try:
@@ -185,7 +192,7 @@ class KubernetesPlatform:
         self.poll_interval_s = poll_interval_s
         self._kinds = dict(workloads)
         self._owns_client = api_client is None
-        self._client = api_client if api_client is not None else _new_client(kubeconfig, context)
+        self._client = api_client if api_client is not None else new_client(kubeconfig, context)
         self._apps = AppsV1Api(self._client)
         self._core = CoreV1Api(self._client)
 
