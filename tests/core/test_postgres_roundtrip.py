@@ -337,23 +337,28 @@ def _databases(pg: PgCluster, prefix: str) -> list[str]:
     ]
 
 
+@pytest.fixture(params=[False, True], ids=["after-fetch", "while-fetched"])
+def while_fetched(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the test twice: as it comes (tables under 32 MiB load after the fetch), and with
+    every table loaded while the archive arrives (engines/pgstream.py)."""
+    if request.param:
+        monkeypatch.setattr(pgstream, "STREAM_MIN", 0)
+    return bool(request.param)
+
+
 # ---- tests -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("while_fetched", [False, True], ids=["after-fetch", "while-fetched"])
 def test_restore_reproduces_data_schema_owners_and_grants(
     pg: PgCluster,
     dbname: str,
     roles: Roles,
     tmp_path: Path,
     while_fetched: bool,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Also with every table loaded while the archive arrives (engines/pgstream.py; in
     production only tables over 32 MiB are): partitions, triggers, the materialized view and
     the large objects come out the same."""
-    if while_fetched:
-        monkeypatch.setattr(pgstream, "STREAM_MIN", 0)
     source, target = pg.url_for(dbname), pg.url_for(f"{dbname}_copy")
     psql(source, _rich_schema(dbname, roles))
     catalog, m = _backup(source, tmp_path / "backups")
@@ -448,18 +453,14 @@ def test_a_corrupt_backup_leaves_a_new_cluster_without_the_roles_made_while_it_w
         assert after == before
 
 
-@pytest.mark.parametrize("while_fetched", [False, True], ids=["after-fetch", "while-fetched"])
 def test_the_database_owner_without_superuser_restores_it_and_no_trigger_fires_twice(
     pg: PgCluster,
     dbname: str,
     tmp_path: Path,
     while_fetched: bool,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A non-superuser cannot turn triggers off (session_replication_role): the restore must
     create them only after the data is in, also when tables load during the fetch."""
-    if while_fetched:
-        monkeypatch.setattr(pgstream, "STREAM_MIN", 0)
     owner = f"{dbname}_owner"
     psql(pg.url, f"CREATE ROLE {owner} LOGIN CREATEDB; ALTER DATABASE {dbname} OWNER TO {owner}")
     source, target = pg.url_for(dbname, owner), pg.url_for(f"{dbname}_copy", owner)
@@ -667,7 +668,6 @@ def test_every_step_after_the_fetch_says_what_it_does(
     assert stages.index(passes[-1]) < len(stages) - 2
 
 
-@pytest.mark.parametrize("while_fetched", [False, True], ids=["after-fetch", "while-fetched"])
 def test_failed_verification_stops_before_the_switch(
     pg: PgCluster,
     dbname: str,
@@ -677,8 +677,6 @@ def test_failed_verification_stops_before_the_switch(
 ) -> None:
     """Also when the count compared is the one the server reported for the table's COPY
     during the fetch."""
-    if while_fetched:
-        monkeypatch.setattr(pgstream, "STREAM_MIN", 0)
     seen: list[dict[str, tuple[int, int | None, bool]]] = []
     verify = PostgresEngine.verify_side
 
