@@ -48,9 +48,8 @@ from tasks.core.engines.pgarchive import (
 )
 from tasks.core.engines.postgres import (
     PostgresEngine,
-    pg_restore_failed,
     psql_command,
-    psql_failed,
+    tool_failed,
     widen_pipe,
 )
 from tasks.core.errors import CommandFailed
@@ -269,10 +268,10 @@ class StreamedRestore:
             what = f"data of {e.name}"
             if runner.returncode != 0:  # the server's reason; pg_restore then lost its reader
                 sql_err.seek(0)
-                raise psql_failed(self._db, what, runner.returncode, sql_err.read())
+                raise tool_failed("psql", self._db, what, runner.returncode, sql_err.read())
             if proc.returncode != 0:
                 err.seek(0)
-                raise pg_restore_failed(self._db, what, proc.returncode, err.read())
+                raise tool_failed("pg_restore", self._db, what, proc.returncode, err.read())
             if left_early:  # it read less than its block, and said nothing: never a success
                 raise CommandFailed(
                     f"pg_restore ({what}) into {self._db} stopped reading before the "

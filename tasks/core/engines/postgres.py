@@ -553,7 +553,7 @@ class PostgresEngine:
             cmd.append(f"--section={section}")
         proc = subprocess.run([*cmd, *args], input=stdin, capture_output=True, env=env, check=False)
         if proc.returncode != 0:
-            raise pg_restore_failed(dbname, section or what, proc.returncode, proc.stderr)
+            raise tool_failed("pg_restore", dbname, section or what, proc.returncode, proc.stderr)
 
     def _is_superuser(self) -> bool:
         with (
@@ -801,15 +801,12 @@ def psql_command(dbname: str) -> list[str]:
     return ["psql", "--no-psqlrc", "--no-password", "--set=ON_ERROR_STOP=1", f"--dbname={dbname}"]
 
 
-def psql_failed(dbname: str, what: str | None, code: int, stderr: bytes) -> CommandFailed:
+def tool_failed(
+    tool: str, dbname: str, what: str | None, code: int, stderr: bytes
+) -> CommandFailed:
+    """``pg_restore (data of public.t) into db failed (exit 1): <its error line>``."""
     where = f" ({what})" if what else ""
-    return CommandFailed(f"psql{where} into {dbname} failed (exit {code}): {_last_line(stderr)}")
-
-
-def pg_restore_failed(dbname: str, what: str | None, code: int, stderr: bytes) -> CommandFailed:
-    where = f" ({what})" if what else ""
-    last = _last_line(stderr)
-    return CommandFailed(f"pg_restore{where} into {dbname} failed (exit {code}): {last}")
+    return CommandFailed(f"{tool}{where} into {dbname} failed (exit {code}): {_last_line(stderr)}")
 
 
 def _last_line(stderr: bytes) -> str:
